@@ -6,3 +6,4 @@
 //! KVM or to the software engine. Both engines start a vCPU from a [`regs::CpuState`].
 
 pub mod regs;
+pub mod layout;

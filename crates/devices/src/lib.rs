@@ -3,5 +3,7 @@
 //! KVM keeps in the kernel but the software engine needs in user space.
 
 pub mod interrupt;
+pub mod irqchip;
+pub mod legacy;
 
 pub use interrupt::InterruptSink;

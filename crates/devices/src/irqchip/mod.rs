@@ -1,0 +1,1 @@
+//! User-space interrupt controllers and timers for the software engine.
