@@ -23,7 +23,10 @@ fn main() {
         .collect();
     sources.sort();
     for src in sources {
-        let stem = src.file_stem().and_then(|s| s.to_str()).expect("utf-8 name");
+        let stem = src
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("utf-8 name");
         let is32 = stem.ends_with("32");
         let obj = out.join(format!("{stem}.o"));
         let elf = out.join(format!("{stem}.elf"));

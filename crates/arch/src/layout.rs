@@ -60,3 +60,57 @@ pub const LAPIC_BASE: u64 = 0xfee0_0000;
 pub const LAPIC_SIZE: u64 = 0x1000;
 /// Where virtio-mmio and other MMIO devices are placed.
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+
+// ---- low memory used by the loader (all below the EBDA) ----
+//
+// 0x0000_0500  boot GDT (4 entries)            0x0000_0520  boot IDT (empty, limit 0)
+// 0x0000_6000  boot info page: PVH hvm_start_info or Multiboot info, with their memory
+//              map and module list
+// 0x0000_7000  Linux zero page (boot_params)
+// 0x0000_8000  boot stack (grows down from BOOT_STACK_POINTER)
+// 0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 four page directories (2 MiB pages)
+// 0x0002_0000  kernel command line (up to CMDLINE_MAX_SIZE bytes)
+// 0x0009_fc00  EBDA (reserved in e820)
+// 0x000e_0000  ACPI: RSDP first, then XSDT, FADT, MADT, DSDT
+// 0x000f_0000  MP floating pointer and MP configuration table
+// 0x0010_0000  kernel (HIGH_RAM_START)
+
+/// Boot GDT: null, null, 64-bit code (0x10), data (0x18), TSS placeholder.
+pub const BOOT_GDT_START: u64 = 0x500;
+/// Boot IDT (empty; the kernel installs its own).
+pub const BOOT_IDT_START: u64 = 0x520;
+/// PVH start info or Multiboot info, plus their memory maps and module lists (one page).
+pub const BOOT_INFO_START: u64 = 0x6000;
+pub const BOOT_INFO_SIZE: u64 = 0x1000;
+/// The Linux zero page (`struct boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Initial stack pointer for entries that want one (top of 0x8000..0x9000).
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+/// Identity page tables: PML4, PDPT, then `BOOT_PD_COUNT` page directories.
+pub const PML4_START: u64 = 0x9000;
+pub const PDPT_START: u64 = 0xa000;
+pub const PD_START: u64 = 0xb000;
+/// Page directories of 2 MiB pages: 4 map the first 4 GiB.
+pub const BOOT_PD_COUNT: u64 = 4;
+/// Kernel command line and its maximum length including the terminating NUL.
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// Extended BIOS data area; from here to 1 MiB is reserved.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Legacy VGA/BIOS area reserved in e820.
+pub const LEGACY_RESERVED_START: u64 = 0xa0000;
+/// ACPI tables area (RSDP at its start) and its size.
+pub const ACPI_START: u64 = 0xe0000;
+pub const ACPI_SIZE: u64 = 0x10000;
+/// MP floating pointer and configuration table.
+pub const MPTABLE_START: u64 = 0xf0000;
+pub const MPTABLE_SIZE: u64 = 0x10000;
+/// First byte above the legacy area; kernels load here or higher.
+pub const HIGH_RAM_START: u64 = 0x10_0000;
+
+// ---- guest memory size limits ----
+/// Smallest guest: 16 MiB (room for the low tables, a kernel and an initrd).
+pub const MIN_MEM_SIZE: u64 = 16 << 20;
+/// Largest guest: 1 TiB, well inside the 46 address bits of common hosts and of the
+/// software engine's physical address width.
+pub const MAX_MEM_SIZE: u64 = 1 << 40;

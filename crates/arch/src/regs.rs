@@ -12,7 +12,7 @@ pub struct Segment {
     pub selector: u16,
     pub base: u64,
     pub limit: u32,
-    /// Descriptor type (bits 0..4 of the access byte: type plus S).
+    /// The 4-bit descriptor type (access byte bits 0..3; the S bit is `s`).
     pub type_: u8,
     pub present: bool,
     pub dpl: u8,

@@ -1,1 +1,47 @@
-//! emu
+//! emu — the software engine's x86-64 CPU.
+//!
+//! # Architecture
+//!
+//! - **Decoding** is iced-x86's (`decode_cache.rs`): guest code is decoded into basic
+//!   blocks of `iced_x86::Instruction`s, cached by linear address and validated on every
+//!   entry against the physical page (through the TLB) and that page's *code version*.
+//! - **Code versions** (`memory.rs`): one `AtomicU32` per 4 KiB guest page, shared by all
+//!   vCPUs; a write to a page that holds decoded code bumps it, so self-modifying code and
+//!   the kernel's alternatives/jump-label patching (also from another vCPU) take effect.
+//! - **Interpreter** (`exec/`): one function per instruction group, working on iced's
+//!   operand description; arithmetic flags are lazy (`flags.rs`).
+//! - **MMU** (`mmu.rs`, `tlb.rs`): 32-bit, PAE and 4-level page walks with A/D bits, NX,
+//!   U/S, R/W+WP, global and large pages; a direct-mapped software TLB holds host pointers
+//!   so most accesses are a probe plus a host load/store. Every guest-physical access is
+//!   bounds-checked against the RAM regions; the rest goes to `Platform::mmio_*`.
+//! - **Exceptions/interrupts** (`exceptions.rs`, `interrupts.rs`): faults are `Err` values
+//!   that unwind to the block loop and are delivered through the IVT/IDT (TSS stack switch,
+//!   IST), escalating to #DF and triple fault (`Exit::Shutdown`).
+//! - **Segments** (`segments.rs`), **MSRs** (`msr.rs`), **CPUID** (`cpuid.rs`), and the
+//!   separable **x87** (`x87.rs`) and **SSE** (`sse.rs`) units.
+//!
+//! Why hand-written: iced-x86 decodes but does not execute, and no maintained Rust crate
+//! executes x86-64 system code (paging, privilege changes, interrupts) at this level.
+
+mod cpu;
+mod cpuid;
+mod decode_cache;
+mod exceptions;
+mod exec;
+mod flags;
+mod interrupts;
+mod memory;
+mod mmu;
+mod msr;
+mod platform;
+mod segments;
+mod sse;
+mod state;
+mod tlb;
+mod x87;
+
+pub use cpu::{Cpu, Exit};
+pub use cpuid::cpuid_for;
+pub use memory::{CodeVersions, GuestRam};
+pub use platform::Platform;
+pub use state::{CpuRegs, FpuState, SegmentState, TableState};

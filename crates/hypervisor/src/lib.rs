@@ -9,6 +9,8 @@
 //! when the VMM has something to decide (shutdown, reset, an error, a kick).
 
 pub mod exits;
+pub mod kvm;
+pub mod sw;
 
 pub use exits::{ExitCounters, ExitReason};
 

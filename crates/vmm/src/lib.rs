@@ -1,12 +1,53 @@
 //! The VMM: turns a [`config::VmConfig`] into a running VM and waits for it to end.
 //!
 //! Pieces, one module each: configuration and validation ([`config`]), the console backend
-//! ([`console`], [`terminal`]), vCPU threads ([`vcpu`]), the stop decision ([`outcome`]) and
-//! the statistics table ([`stats`]).
+//! ([`console`], [`terminal`]), the legacy devices and buses ([`devices`]), vCPU threads
+//! ([`vcpu`]), the stop decision ([`outcome`]), the statistics table ([`stats`]), and the
+//! sequence that ties them together ([`vm`]).
 
 pub mod config;
 pub mod console;
+pub mod devices;
 pub mod outcome;
 pub mod stats;
 pub mod terminal;
 pub mod vcpu;
+pub mod vm;
+
+pub use vm::{run_vm, RunReport};
+
+/// How `run_vm` reports progress.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunOptions {
+    /// Collect and return exit statistics (always collected; printed by the caller).
+    pub stats: bool,
+    /// Print the engine chosen and when the guest became ready.
+    pub verbose: bool,
+}
+
+/// Everything that can stop a VM from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("guest memory: {0}")]
+    Layout(#[from] arch::memory::MemoryError),
+    #[error("cannot allocate guest memory: {0}")]
+    Memory(#[source] vm_memory::mmap::FromRangesError),
+    #[error(transparent)]
+    Engine(#[from] hypervisor::Error),
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
+    #[error(transparent)]
+    Devices(#[from] devices::DeviceError),
+    #[error("cannot load the guest: {0}")]
+    Boot(#[from] arch::platform::Error),
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
+}

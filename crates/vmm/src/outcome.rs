@@ -98,6 +98,16 @@ impl Outcome {
             .is_some()
     }
 
+    /// Waits at most `timeout` for a reason.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> Option<StopReason> {
+        let r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        let (r, _) = self
+            .changed
+            .wait_timeout_while(r, timeout, |r| r.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        r.clone()
+    }
+
     /// Blocks until a reason is recorded and returns it.
     pub fn wait(&self) -> StopReason {
         let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
@@ -154,6 +164,17 @@ mod tests {
                 0,
                 "{r:?} must not look like a debug exit"
             );
+        }
+    }
+}
+
+impl From<devices::legacy::ControlEvent> for StopReason {
+    fn from(ev: devices::legacy::ControlEvent) -> Self {
+        use devices::legacy::ControlEvent;
+        match ev {
+            ControlEvent::Reset => StopReason::Reset,
+            ControlEvent::PowerOff => StopReason::PowerOff,
+            ControlEvent::DebugExit(v) => StopReason::DebugExit(v),
         }
     }
 }

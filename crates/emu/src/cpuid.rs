@@ -1,0 +1,69 @@
+//! CPUID: advertises exactly what the engine implements — an x86-64 baseline CPU (FPU,
+//! TSC, MSR, PAE, PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX bit, FXSR, SSE, SSE2;
+//! CX16, POPCNT; SYSCALL, NX, 1G pages, RDTSCP, LM, LAHF; invariant TSC; hypervisor bit)
+//! and no XSAVE/AVX/BMI/SMEP. Leaf 0x4000_0000 carries the "wirtwirtwirt" signature.
+
+fn regs(s: &[u8; 12]) -> (u32, u32, u32) {
+    let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+    (w(0), w(4), w(8))
+}
+
+/// Returns (eax, ebx, ecx, edx) for leaf `leaf`, subleaf `sub`, on the vCPU `apic_id`.
+pub fn cpuid_for(apic_id: u32, leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
+    match leaf {
+        0 => {
+            let (b, d, c) = regs(b"GenuineIntel");
+            (7, b, c, d)
+        }
+        1 => {
+            // Family 6, model 15 (0x0f), stepping 11: a plain Core 2-class CPU.
+            let eax = 0x0000_06fb;
+            let ebx = (apic_id << 24) | (1 << 16) | (8 << 8);
+            let ecx = (1 << 13) | (1 << 23) | (1 << 31); // CX16, POPCNT, hypervisor
+            let edx = (1 << 0) // FPU
+                | (1 << 3) // PSE
+                | (1 << 4) // TSC
+                | (1 << 5) // MSR
+                | (1 << 6) // PAE
+                | (1 << 8) // CX8
+                | (1 << 9) // APIC
+                | (1 << 12) // MTRR
+                | (1 << 13) // PGE
+                | (1 << 15) // CMOV
+                | (1 << 16) // PAT
+                | (1 << 19) // CLFSH
+                | (1 << 23) // MMX
+                | (1 << 24) // FXSR
+                | (1 << 25) // SSE
+                | (1 << 26); // SSE2
+            (eax, ebx, ecx, edx)
+        }
+        0x4000_0000 => {
+            let (b, c, d) = regs(b"wirtwirtwirt");
+            (0x4000_0000, b, c, d)
+        }
+        0x8000_0000 => (0x8000_0008, 0, 0, 0),
+        0x8000_0001 => {
+            let ecx = 1; // LAHF/SAHF in 64-bit mode
+            let edx = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
+            (0, 0, ecx, edx)
+        }
+        0x8000_0002..=0x8000_0004 => {
+            let mut s = [0u8; 48];
+            let name = b"wirt software x86-64 CPU";
+            s[..name.len()].copy_from_slice(name);
+            let o = ((leaf - 0x8000_0002) * 16) as usize;
+            let w =
+                |i: usize| u32::from_le_bytes([s[o + i], s[o + i + 1], s[o + i + 2], s[o + i + 3]]);
+            (w(0), w(4), w(8), w(12))
+        }
+        0x8000_0007 => (0, 0, 0, 1 << 8), // invariant TSC
+        0x8000_0008 => (0x3028, 0, 0, 0), // 40 physical, 48 linear address bits
+        _ => (0, 0, 0, 0),
+    }
+}
+
+/// CPUID for vCPU 0 (tests).
+pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    cpuid_for(0, leaf, sub)
+}

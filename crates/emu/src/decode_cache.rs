@@ -1,0 +1,202 @@
+//! Decoded basic blocks, cached by linear address and validated against the physical page
+//! they came from and its code version (so self-modifying code, kernel text patching and
+//! remapped pages are all seen).
+//!
+//! A block ends at a control-flow instruction, at an instruction that may change the
+//! execution mode, at a page boundary, or after `MAX_BLOCK` instructions. An instruction
+//! that straddles a page boundary is decoded on its own and not cached.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+
+use crate::cpu::{Cpu, CS};
+use crate::exceptions::R;
+use crate::platform::Platform;
+use crate::tlb::Access;
+
+const MAX_BLOCK: usize = 64;
+const MAX_BLOCKS: usize = 1 << 16;
+
+pub struct Block {
+    pub instrs: Vec<Instruction>,
+    rip: u64,
+    cs_base: u64,
+    bitness: u32,
+    phys: u64,
+    vidx: usize,
+    version: u32,
+}
+
+/// A multiplicative hasher for u64 keys (the std SipHash is far slower here).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ *b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+}
+
+#[derive(Default)]
+pub struct BlockCache {
+    map: HashMap<u64, Arc<Block>, BuildHasherDefault<KeyHasher>>,
+}
+
+impl BlockCache {
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+/// Instructions after which the block must end so the run loop re-reads the mode, the
+/// interrupt window or the code mapping.
+fn ends_block(ins: &Instruction) -> bool {
+    if ins.flow_control() != FlowControl::Next {
+        return true;
+    }
+    match ins.mnemonic() {
+        Mnemonic::Mov | Mnemonic::Pop => {
+            // mov/pop to a segment register or control register.
+            let r = ins.op0_register();
+            r.is_segment_register() || r.is_cr() || r.is_dr()
+        }
+        Mnemonic::Sti
+        | Mnemonic::Popf
+        | Mnemonic::Popfd
+        | Mnemonic::Popfq
+        | Mnemonic::Wrmsr
+        | Mnemonic::Lgdt
+        | Mnemonic::Lidt
+        | Mnemonic::Lldt
+        | Mnemonic::Ltr
+        | Mnemonic::Lmsw
+        | Mnemonic::Clts
+        | Mnemonic::Invlpg
+        | Mnemonic::Lss
+        | Mnemonic::Lfs
+        | Mnemonic::Lgs
+        | Mnemonic::Fxrstor
+        | Mnemonic::Fxrstor64
+        | Mnemonic::Swapgs => true,
+        _ => ins.code() == Code::INVALID,
+    }
+}
+
+impl Cpu {
+    /// The block at CS:RIP, from the cache or freshly decoded.
+    pub(crate) fn fetch_block(&mut self, io: &mut dyn Platform) -> R<Arc<Block>> {
+        let cs_base = if self.long64() { 0 } else { self.seg[CS].base };
+        let mut lin = cs_base.wrapping_add(self.rip);
+        if !self.long64() {
+            lin &= 0xffff_ffff;
+        }
+        let e = self.translate(lin, Access::Exec, self.user())?;
+        if let Some(b) = self.cache.map.get(&lin) {
+            if b.rip == self.rip
+                && b.cs_base == cs_base
+                && b.bitness == self.bitness
+                && b.phys == e.phys
+                && self.ram.versions().current(b.vidx) == b.version
+            {
+                return Ok(b.clone());
+            }
+        }
+        let off = (lin & 0xfff) as usize;
+        let mut instrs = Vec::new();
+        if !e.host.is_null() {
+            // Record the version before reading the bytes: a concurrent write then makes
+            // the block stale rather than silently wrong.
+            let version = self.ram.versions().mark_code(e.vidx);
+            // SAFETY: `host` points at a whole 4K page of RAM and off < 4096.
+            let bytes = unsafe { std::slice::from_raw_parts(e.host.add(off), 4096 - off) };
+            let mut dec = Decoder::with_ip(self.bitness, bytes, self.rip, DecoderOptions::NONE);
+            while dec.can_decode() && instrs.len() < MAX_BLOCK {
+                let pos = dec.position();
+                let ins = dec.decode();
+                if ins.code() == Code::INVALID
+                    && dec.last_error() == iced_x86::DecoderError::NoMoreBytes
+                {
+                    // Straddles the page end: decoded separately next time.
+                    let _ = pos;
+                    break;
+                }
+                let end = ends_block(&ins);
+                instrs.push(ins);
+                if end {
+                    break;
+                }
+            }
+            if !instrs.is_empty() {
+                let block = Arc::new(Block {
+                    instrs,
+                    rip: self.rip,
+                    cs_base,
+                    bitness: self.bitness,
+                    phys: e.phys,
+                    vidx: e.vidx,
+                    version,
+                });
+                if self.cache.map.len() >= MAX_BLOCKS {
+                    self.cache.map.clear();
+                }
+                self.cache.map.insert(lin, block.clone());
+                return Ok(block);
+            }
+        }
+        // Slow path: an instruction crossing a page boundary, or code outside RAM.
+        let mut buf = [0u8; 15];
+        let first = (4096 - off).min(15);
+        self.read_code(io, lin, &mut buf[..first])?;
+        let mut dec = Decoder::with_ip(self.bitness, &buf[..first], self.rip, DecoderOptions::NONE);
+        let mut ins = dec.decode();
+        if ins.code() == Code::INVALID
+            && dec.last_error() == iced_x86::DecoderError::NoMoreBytes
+            && first < 15
+        {
+            self.read_code(io, lin.wrapping_add(first as u64), &mut buf[first..])?;
+            let mut dec = Decoder::with_ip(self.bitness, &buf, self.rip, DecoderOptions::NONE);
+            ins = dec.decode();
+        }
+        Ok(Arc::new(Block {
+            instrs: vec![ins],
+            rip: self.rip,
+            cs_base,
+            bitness: self.bitness,
+            phys: e.phys,
+            vidx: usize::MAX,
+            version: 0,
+        }))
+    }
+
+    fn read_code(&mut self, io: &mut dyn Platform, lin: u64, out: &mut [u8]) -> R<()> {
+        let user = self.user();
+        let mut done = 0;
+        while done < out.len() {
+            let a = lin.wrapping_add(done as u64);
+            let e = self.translate(a, Access::Exec, user)?;
+            let off = (a & 0xfff) as usize;
+            let n = (4096 - off).min(out.len() - done);
+            if e.host.is_null() {
+                io.mmio_read(e.phys + off as u64, &mut out[done..done + n]);
+            } else {
+                // SAFETY: off + n <= 4096 within a RAM page.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(e.host.add(off), out[done..].as_mut_ptr(), n)
+                };
+            }
+            done += n;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,415 @@
+//! Linear-to-physical translation (page walks for 32-bit, PAE and 4-level paging) and the
+//! data accesses every instruction makes through it.
+//!
+//! Fast path: one TLB probe and a host load/store when the access stays on one page of RAM.
+//! Slow paths: page walks (setting accessed/dirty bits atomically, raising #PF with the
+//! right error code and CR2), page-crossing accesses, and MMIO (forwarded to the platform).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::cpu::{Cpu, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE};
+use crate::exceptions::{gp0, pfec, Fault, PF, R};
+use crate::memory::{self, PAGE_SIZE};
+use crate::platform::Platform;
+use crate::tlb::*;
+
+const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
+const PTE_P: u64 = 1;
+const PTE_W: u64 = 2;
+const PTE_U: u64 = 4;
+const PTE_A: u64 = 1 << 5;
+const PTE_D: u64 = 1 << 6;
+const PTE_PS: u64 = 1 << 7;
+const PTE_G: u64 = 1 << 8;
+const PTE_NX: u64 = 1 << 63;
+
+impl Cpu {
+    /// Translates `lin` for `acc`, from the TLB or by walking the page tables.
+    #[inline(always)]
+    pub(crate) fn translate(&mut self, lin: u64, acc: Access, user: bool) -> R<TlbEntry> {
+        if let Some(e) = self.tlb.lookup(lin, acc.required(user)) {
+            return Ok(*e);
+        }
+        self.walk(lin, acc, user)
+    }
+
+    fn pte_read(&self, gpa: u64, wide: bool) -> Option<(u64, *mut u8)> {
+        let size = if wide { 8 } else { 4 };
+        let p = self.ram.range(gpa, size)?;
+        // SAFETY: range() checked that `size` bytes at p are guest RAM.
+        let v = unsafe { memory::load(p, size as usize) };
+        Some((v, p))
+    }
+
+    fn pte_set_bits(p: *mut u8, wide: bool, bits: u64) {
+        // SAFETY: p came from pte_read (inside RAM); page-table entries are naturally
+        // aligned because their table addresses are 4K-aligned and the index scales by size.
+        unsafe {
+            if wide {
+                (*(p as *const AtomicU64)).fetch_or(bits, Ordering::SeqCst);
+            } else {
+                (*(p as *const AtomicU32)).fetch_or(bits as u32, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn page_fault(&mut self, lin: u64, code: u32) -> Fault {
+        self.cr2 = lin;
+        Fault::with_code(PF, code)
+    }
+
+    /// The full page walk; fills the TLB on success.
+    pub(crate) fn walk(&mut self, lin: u64, acc: Access, user: bool) -> R<TlbEntry> {
+        let page = lin & !0xfff;
+        if self.cr0 & CR0_PG == 0 {
+            let phys = page & 0xffff_ffff_ffff_f000;
+            let e = self.make_entry(page, phys, 0xff & !P_GLOBAL, !0xfff);
+            return Ok(e);
+        }
+        let long = self.efer & EFER_LMA != 0;
+        let pae = self.cr4 & CR4_PAE != 0;
+        let nxe = self.efer & EFER_NXE != 0;
+        if long {
+            let top = (lin as i64) >> 47;
+            if top != 0 && top != -1 {
+                return Err(gp0());
+            }
+        }
+        let mut code = 0u32;
+        if acc == Access::Write {
+            code |= pfec::W;
+        }
+        if user {
+            code |= pfec::U;
+        }
+        if acc == Access::Exec && nxe {
+            code |= pfec::I;
+        }
+        let mut writable = true;
+        let mut usr = true;
+        let mut nx = false;
+        let global;
+        // (table address, index shift) per level; entries 8 bytes unless legacy 32-bit.
+        let wide = pae || long;
+        let mut table;
+        let mut levels: u32;
+        if long {
+            table = self.cr3 & ADDR_MASK;
+            levels = 4;
+        } else if pae {
+            let pdpte_addr = (self.cr3 & 0xffff_ffe0) + ((lin >> 30) & 3) * 8;
+            let Some((pdpte, _)) = self.pte_read(pdpte_addr, true) else {
+                return Err(self.page_fault(lin, code));
+            };
+            if pdpte & PTE_P == 0 {
+                return Err(self.page_fault(lin, code));
+            }
+            table = pdpte & ADDR_MASK;
+            levels = 2;
+        } else {
+            table = self.cr3 & 0xffff_f000;
+            levels = 2;
+        }
+        let leaf_phys;
+        let leaf_ptr;
+        let dirty;
+        let span_mask;
+        loop {
+            let (shift, idx_mask) = if wide {
+                (12 + 9 * (levels - 1), 0x1ff)
+            } else {
+                (12 + 10 * (levels - 1), 0x3ff)
+            };
+            let idx = (lin >> shift) & idx_mask;
+            let ent_addr = table + idx * if wide { 8 } else { 4 };
+            let Some((pte, ptr)) = self.pte_read(ent_addr, wide) else {
+                return Err(self.page_fault(lin, code));
+            };
+            if pte & PTE_P == 0 {
+                return Err(self.page_fault(lin, code));
+            }
+            if wide && pte & PTE_NX != 0 {
+                if !nxe {
+                    return Err(self.page_fault(lin, code | pfec::P | pfec::RSVD));
+                }
+                nx = true;
+            }
+            writable &= pte & PTE_W != 0;
+            usr &= pte & PTE_U != 0;
+            let large = levels > 1
+                && pte & PTE_PS != 0
+                && (wide && levels <= 3 || !wide && self.cr4 & CR4_PSE != 0);
+            if levels == 1 || large {
+                global = pte & PTE_G != 0;
+                let (page_bits, base) = if levels == 1 {
+                    (
+                        12,
+                        if wide {
+                            pte & ADDR_MASK
+                        } else {
+                            pte & 0xffff_f000
+                        },
+                    )
+                } else if wide {
+                    (shift, pte & ADDR_MASK & !((1u64 << shift) - 1))
+                } else {
+                    // 4 MiB page (PSE-36 high bits ignored).
+                    (22, pte & 0xffc0_0000)
+                };
+                leaf_phys = base | (lin & ((1u64 << page_bits) - 1) & !0xfff);
+                span_mask = !((1u64 << page_bits) - 1);
+                leaf_ptr = ptr;
+                dirty = pte & PTE_D != 0;
+                if pte & PTE_A == 0 {
+                    Self::pte_set_bits(ptr, wide, PTE_A);
+                }
+                break;
+            }
+            if pte & PTE_A == 0 {
+                Self::pte_set_bits(ptr, wide, PTE_A);
+            }
+            table = if wide {
+                pte & ADDR_MASK
+            } else {
+                pte & 0xffff_f000
+            };
+            levels -= 1;
+        }
+        // Permission checks.
+        let wp = self.cr0 & CR0_WP != 0;
+        let viol = match acc {
+            Access::Read => user && !usr,
+            Access::Write => (user && (!usr || !writable)) || (!user && !writable && wp),
+            Access::Exec => nx || (user && !usr),
+        };
+        if viol {
+            return Err(self.page_fault(lin, code | pfec::P));
+        }
+        let mut is_dirty = dirty;
+        if acc == Access::Write && !dirty {
+            Self::pte_set_bits(leaf_ptr, wide, PTE_D);
+            is_dirty = true;
+        }
+        let mut perms = P_READ_SUP;
+        if usr {
+            perms |= P_READ_USER;
+        }
+        if is_dirty && (writable || !wp) {
+            perms |= P_WRITE_SUP;
+        }
+        if is_dirty && writable && usr {
+            perms |= P_WRITE_USER;
+        }
+        if !nx {
+            perms |= P_EXEC_SUP;
+            if usr {
+                perms |= P_EXEC_USER;
+            }
+        }
+        if global && self.cr4 & crate::cpu::CR4_PGE != 0 {
+            perms |= P_GLOBAL;
+        }
+        Ok(self.make_entry(page, leaf_phys, perms, span_mask))
+    }
+
+    fn make_entry(&mut self, page: u64, phys: u64, perms: u8, span_mask: u64) -> TlbEntry {
+        let (host, vidx) = match self.ram.page(phys) {
+            Some((h, i)) => (h, i),
+            None => (std::ptr::null_mut(), usize::MAX),
+        };
+        let e = TlbEntry {
+            tag: page,
+            phys,
+            host,
+            vidx,
+            perms,
+            span_mask,
+        };
+        self.tlb.insert(e);
+        e
+    }
+
+    /// Reads `size` (1..=8) bytes at a linear address.
+    #[inline]
+    pub(crate) fn read_lin(
+        &mut self,
+        io: &mut dyn Platform,
+        lin: u64,
+        size: usize,
+        user: bool,
+    ) -> R<u64> {
+        let off = (lin & 0xfff) as usize;
+        if off + size <= PAGE_SIZE as usize {
+            let e = self.translate(lin, Access::Read, user)?;
+            if !e.host.is_null() {
+                // SAFETY: off + size <= 4096 and host points at a whole page of RAM.
+                return Ok(unsafe { memory::load(e.host.add(off), size) });
+            }
+            let mut buf = [0u8; 8];
+            io.mmio_read(e.phys + off as u64, &mut buf[..size]);
+            return Ok(u64::from_le_bytes(buf));
+        }
+        // Crossing a page: translate both pages first so a fault leaves nothing half-done.
+        let mut buf = [0u8; 8];
+        self.read_bytes(io, lin, &mut buf[..size], user)?;
+        Ok(u64::from_le_bytes(buf))
+    }
+
+    /// Writes `size` (1..=8) bytes at a linear address.
+    #[inline]
+    pub(crate) fn write_lin(
+        &mut self,
+        io: &mut dyn Platform,
+        lin: u64,
+        size: usize,
+        v: u64,
+        user: bool,
+    ) -> R<()> {
+        let off = (lin & 0xfff) as usize;
+        if off + size <= PAGE_SIZE as usize {
+            let e = self.translate(lin, Access::Write, user)?;
+            if !e.host.is_null() {
+                // SAFETY: off + size <= 4096 and host points at a whole page of RAM.
+                unsafe { memory::store(e.host.add(off), size, v) };
+                if self.ram.versions().note_write_page(e.vidx) {
+                    self.block_end = true;
+                }
+                return Ok(());
+            }
+            io.mmio_write(e.phys + off as u64, &v.to_le_bytes()[..size]);
+            return Ok(());
+        }
+        self.write_bytes(io, lin, &v.to_le_bytes()[..size], user)
+    }
+
+    /// Reads any number of bytes (page crossings and MMIO handled; all pages translated
+    /// before any byte is read).
+    pub(crate) fn read_bytes(
+        &mut self,
+        io: &mut dyn Platform,
+        lin: u64,
+        out: &mut [u8],
+        user: bool,
+    ) -> R<()> {
+        let mut done = 0usize;
+        let mut pages = Vec::with_capacity(2);
+        while done < out.len() {
+            let a = lin.wrapping_add(done as u64);
+            let e = self.translate(a, Access::Read, user)?;
+            let n = (PAGE_SIZE as usize - (a & 0xfff) as usize).min(out.len() - done);
+            pages.push((e, a, n, done));
+            done += n;
+        }
+        for (e, a, n, at) in pages {
+            let off = (a & 0xfff) as usize;
+            if e.host.is_null() {
+                io.mmio_read(e.phys + off as u64, &mut out[at..at + n]);
+            } else {
+                // SAFETY: off + n <= 4096 within one RAM page.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(e.host.add(off), out[at..].as_mut_ptr(), n)
+                };
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn write_bytes(
+        &mut self,
+        io: &mut dyn Platform,
+        lin: u64,
+        data: &[u8],
+        user: bool,
+    ) -> R<()> {
+        let mut done = 0usize;
+        let mut pages = Vec::with_capacity(2);
+        while done < data.len() {
+            let a = lin.wrapping_add(done as u64);
+            let e = self.translate(a, Access::Write, user)?;
+            let n = (PAGE_SIZE as usize - (a & 0xfff) as usize).min(data.len() - done);
+            pages.push((e, a, n, done));
+            done += n;
+        }
+        for (e, a, n, at) in pages {
+            let off = (a & 0xfff) as usize;
+            if e.host.is_null() {
+                io.mmio_write(e.phys + off as u64, &data[at..at + n]);
+            } else {
+                // SAFETY: off + n <= 4096 within one RAM page.
+                unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), e.host.add(off), n) };
+                if self.ram.versions().note_write_page(e.vidx) {
+                    self.block_end = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read-modify-write of `size` bytes: `f(old)` gives the new value (None = no write).
+    /// With `locked`, the update is atomic against other vCPUs. Returns the old value.
+    pub(crate) fn rmw_lin(
+        &mut self,
+        io: &mut dyn Platform,
+        lin: u64,
+        size: usize,
+        user: bool,
+        locked: bool,
+        mut f: impl FnMut(u64) -> Option<u64>,
+    ) -> R<u64> {
+        let off = (lin & 0xfff) as usize;
+        if off + size <= PAGE_SIZE as usize {
+            let e = self.translate(lin, Access::Write, user)?;
+            if !e.host.is_null() {
+                // SAFETY: off + size <= 4096 within one RAM page.
+                let p = unsafe { e.host.add(off) };
+                let old = if locked {
+                    // SAFETY: as above.
+                    unsafe { memory::atomic_rmw(p, size, self.ram.split_lock(), f) }
+                } else {
+                    // SAFETY: as above.
+                    let old = unsafe { memory::load(p, size) };
+                    if let Some(n) = f(old) {
+                        // SAFETY: as above.
+                        unsafe { memory::store(p, size, n) };
+                    }
+                    old
+                };
+                if self.ram.versions().note_write_page(e.vidx) {
+                    self.block_end = true;
+                }
+                return Ok(old);
+            }
+            let mut buf = [0u8; 8];
+            io.mmio_read(e.phys + off as u64, &mut buf[..size]);
+            let old = u64::from_le_bytes(buf);
+            if let Some(n) = f(old) {
+                io.mmio_write(e.phys + off as u64, &n.to_le_bytes()[..size]);
+            }
+            return Ok(old);
+        }
+        // Page-crossing: check both pages writable first.
+        self.translate(lin, Access::Write, user)?;
+        self.translate(lin.wrapping_add(size as u64 - 1), Access::Write, user)?;
+        let old = self.read_lin(io, lin, size, user)?;
+        if let Some(n) = f(old) {
+            self.write_lin(io, lin, size, n, user)?;
+        }
+        Ok(old)
+    }
+
+    /// A code byte for diagnostics (no faults, no side effects beyond a TLB fill).
+    pub(crate) fn peek_code_byte(&mut self, lin: u64) -> Option<u8> {
+        let e = self.translate(lin, Access::Read, false).ok()?;
+        if e.host.is_null() {
+            return None;
+        }
+        // SAFETY: offset < 4096 inside a RAM page.
+        Some(unsafe { *e.host.add((lin & 0xfff) as usize) })
+    }
+
+    /// Whether an access should be checked as a user-mode access.
+    #[inline(always)]
+    pub(crate) fn user(&self) -> bool {
+        self.cpl == 3
+    }
+}

@@ -1,0 +1,33 @@
+//! The interface through which the CPU reaches everything that is not itself or RAM:
+//! port I/O, MMIO, the interrupt controller and time.
+
+/// What a vCPU needs from the machine around it. One per vCPU thread, used with `&mut`.
+pub trait Platform {
+    /// Port input; `data.len()` is 1, 2 or 4.
+    fn pio_read(&mut self, port: u16, data: &mut [u8]);
+    /// Port output; `data.len()` is 1, 2 or 4.
+    fn pio_write(&mut self, port: u16, data: &[u8]);
+    /// Read from a guest-physical address outside RAM.
+    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]);
+    /// Write to a guest-physical address outside RAM.
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]);
+    /// Whether the INTR line is asserted (LAPIC or PIC has a deliverable interrupt). Called
+    /// at block boundaries while RFLAGS.IF=1, so it must be cheap.
+    fn interrupt_pending(&mut self) -> bool;
+    /// INTA: the CPU takes the highest-priority pending interrupt; None if it went away.
+    fn acknowledge_interrupt(&mut self) -> Option<u8>;
+    /// Guest TSC value now (must be monotonic; the engine adds the guest's TSC offset).
+    fn tsc(&mut self) -> u64;
+    /// The guest wrote IA32_APIC_BASE (0x1b).
+    fn apic_base_written(&mut self, _value: u64) {}
+    /// The guest wrote IA32_TSC_DEADLINE (0x6e0) with a guest-TSC value (0 disarms).
+    fn tsc_deadline_written(&mut self, _deadline: u64) {}
+    /// An MSR the engine does not implement itself (e.g. x2APIC range). `None` = #GP.
+    fn rdmsr(&mut self, _index: u32) -> Option<u64> {
+        None
+    }
+    /// An MSR write the engine does not implement itself. `false` = #GP.
+    fn wrmsr(&mut self, _index: u32, _value: u64) -> bool {
+        false
+    }
+}

@@ -1,0 +1,672 @@
+//! SSE and SSE2 on the XMM registers: moves, integer lane arithmetic, logic, shifts,
+//! shuffles/unpacks/packs, scalar and packed single/double floating point, comparisons,
+//! conversions, and MXCSR access.
+//!
+//! Floating point uses the host's IEEE arithmetic (round-to-nearest); MXCSR rounding
+//! control is honoured for the rounding conversions (cvtsd2si & co.), MXCSR exception
+//! flags are not updated and SIMD floating-point exceptions are never raised. MMX-register
+//! forms are not implemented (#UD, logged once).
+
+use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
+
+use crate::cpu::{Cpu, CR0_EM, CR0_TS, CR4_OSFXSR};
+use crate::exceptions::{gp0, ud, Fault, NM, R};
+use crate::flags::{mask, CF, PF, ZF};
+use crate::platform::Platform;
+
+pub fn handles(m: M) -> bool {
+    use M::*;
+    matches!(
+        m,
+        Movdqa | Movdqu | Movaps | Movups | Movapd | Movupd | Lddqu | Movntdq | Movntps | Movntpd
+            | Movnti | Movq | Movd | Movss | Movhpd | Movhps | Movlpd | Movlps | Movhlps | Movlhps
+            | Movmskpd | Movmskps | Pmovmskb | Pxor | Xorps | Xorpd | Por | Orps | Orpd | Pand
+            | Andps | Andpd | Pandn | Andnps | Andnpd | Paddb | Paddw | Paddd | Paddq | Psubb
+            | Psubw | Psubd | Psubq | Paddusb | Paddusw | Psubusb | Psubusw | Paddsb | Paddsw
+            | Psubsb | Psubsw | Pcmpeqb | Pcmpeqw | Pcmpeqd | Pcmpgtb | Pcmpgtw | Pcmpgtd
+            | Pminub | Pmaxub | Pminsw | Pmaxsw | Pavgb | Pavgw | Pmullw | Pmulhw | Pmulhuw
+            | Pmuludq | Pmaddwd | Psadbw | Psllw | Pslld | Psllq | Psrlw | Psrld | Psrlq | Psraw
+            | Psrad | Pslldq | Psrldq | Punpcklbw | Punpcklwd | Punpckldq | Punpcklqdq
+            | Punpckhbw | Punpckhwd | Punpckhdq | Punpckhqdq | Packsswb | Packssdw | Packuswb
+            | Pshufd | Pshuflw | Pshufhw | Shufps | Shufpd | Unpcklps | Unpckhps | Unpcklpd
+            | Unpckhpd | Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd | Addss | Subss
+            | Mulss | Divss | Minss | Maxss | Sqrtss | Addpd | Subpd | Mulpd | Divpd | Minpd
+            | Maxpd | Sqrtpd | Addps | Subps | Mulps | Divps | Minps | Maxps | Sqrtps | Comisd
+            | Ucomisd | Comiss | Ucomiss | Cmpss | Cmppd | Cmpps | Cvtsi2sd | Cvtsi2ss
+            | Cvttsd2si | Cvtsd2si | Cvttss2si | Cvtss2si | Cvtsd2ss | Cvtss2sd | Cvtdq2pd
+            | Cvtdq2ps | Cvttps2dq | Cvtps2dq | Cvtps2pd | Cvtpd2ps | Cvttpd2dq | Cvtpd2dq
+            | Ldmxcsr | Stmxcsr | Pextrw | Pinsrw | Movsd | Cmpsd
+    )
+}
+
+/// Instructions that accept an unaligned 16-byte memory operand.
+fn unaligned_ok(m: M) -> bool {
+    matches!(m, M::Movdqu | M::Movups | M::Movupd | M::Lddqu)
+}
+
+fn b16(v: u128) -> [u8; 16] {
+    v.to_le_bytes()
+}
+fn w8(v: u128) -> [u16; 8] {
+    let b = v.to_le_bytes();
+    std::array::from_fn(|i| u16::from_le_bytes([b[2 * i], b[2 * i + 1]]))
+}
+fn d4(v: u128) -> [u32; 4] {
+    std::array::from_fn(|i| (v >> (32 * i)) as u32)
+}
+fn q2(v: u128) -> [u64; 2] {
+    [v as u64, (v >> 64) as u64]
+}
+fn from_b(a: [u8; 16]) -> u128 {
+    u128::from_le_bytes(a)
+}
+fn from_w(a: [u16; 8]) -> u128 {
+    a.iter().enumerate().fold(0, |acc, (i, x)| acc | (*x as u128) << (16 * i))
+}
+fn from_d(a: [u32; 4]) -> u128 {
+    a.iter().enumerate().fold(0, |acc, (i, x)| acc | (*x as u128) << (32 * i))
+}
+fn from_q(a: [u64; 2]) -> u128 {
+    a[0] as u128 | (a[1] as u128) << 64
+}
+fn f32s(v: u128) -> [f32; 4] {
+    d4(v).map(f32::from_bits)
+}
+fn f64s(v: u128) -> [f64; 2] {
+    q2(v).map(f64::from_bits)
+}
+fn from_f32(a: [f32; 4]) -> u128 {
+    from_d(a.map(f32::to_bits))
+}
+fn from_f64(a: [f64; 2]) -> u128 {
+    from_q(a.map(f64::to_bits))
+}
+
+fn sat_i8(v: i32) -> u8 {
+    v.clamp(-128, 127) as i8 as u8
+}
+fn sat_u8(v: i32) -> u8 {
+    v.clamp(0, 255) as u8
+}
+fn sat_i16(v: i32) -> u16 {
+    v.clamp(-32768, 32767) as i16 as u16
+}
+
+fn minf<T: PartialOrd>(a: T, b: T) -> T {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+fn maxf<T: PartialOrd>(a: T, b: T) -> T {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+fn cmp_pred<T: PartialOrd>(a: T, b: T, p: u8) -> bool {
+    let unord = a.partial_cmp(&b).is_none();
+    match p & 7 {
+        0 => a == b,
+        1 => a < b,
+        2 => a <= b,
+        3 => unord,
+        4 => a != b || unord,
+        5 => !(a < b),
+        6 => !(a <= b),
+        _ => !unord,
+    }
+}
+
+/// Float to integer conversion with x86 semantics: NaN or out of range gives the
+/// "integer indefinite" value (the minimum signed integer).
+fn f2i(v: f64, bits: u32, rc: u32, truncate: bool) -> u64 {
+    let r = if truncate {
+        v.trunc()
+    } else {
+        match rc {
+            0 => v.round_ties_even(),
+            1 => v.floor(),
+            2 => v.ceil(),
+            _ => v.trunc(),
+        }
+    };
+    let (lo, hi) = if bits == 64 {
+        (-9_223_372_036_854_775_808.0f64, 9_223_372_036_854_775_808.0f64)
+    } else {
+        (-2_147_483_648.0f64, 2_147_483_648.0f64)
+    };
+    if r.is_nan() || r < lo || r >= hi {
+        if bits == 64 {
+            1u64 << 63
+        } else {
+            1u64 << 31
+        }
+    } else if bits == 64 {
+        r as i64 as u64
+    } else {
+        r as i32 as u32 as u64
+    }
+}
+
+impl Cpu {
+    fn xmm_index(r: Register) -> Option<usize> {
+        if r.is_xmm() && (r as usize) < Register::XMM16 as usize {
+            Some(r as usize - Register::XMM0 as usize)
+        } else {
+            None
+        }
+    }
+
+    /// Reads operand `i` as 128 bits (XMM register, or memory of the operand's size,
+    /// zero-extended; 16-byte memory must be aligned unless `m` allows otherwise).
+    fn xsrc(&mut self, io: &mut dyn Platform, ins: &Instruction, i: u32) -> R<u128> {
+        match ins.op_kind(i) {
+            OpKind::Register => {
+                let r = ins.op_register(i);
+                match Self::xmm_index(r) {
+                    Some(n) => Ok(self.fpu.xmm[n]),
+                    None if r.is_gpr() => Ok(self.reg_read(r) as u128),
+                    None => Err(self.unimplemented(ins)),
+                }
+            }
+            OpKind::Memory => {
+                let size = ins.memory_size().size().min(16);
+                let lin = self.mem_lin(ins);
+                if size == 16 && !unaligned_ok(ins.mnemonic()) && lin & 15 != 0 {
+                    return Err(gp0());
+                }
+                let user = self.user();
+                let mut b = [0u8; 16];
+                self.read_bytes(io, lin, &mut b[..size], user)?;
+                Ok(u128::from_le_bytes(b))
+            }
+            _ => Ok(ins.try_immediate(i).unwrap_or(0) as u128),
+        }
+    }
+
+    /// Writes XMM register operand 0, or memory operand 0 with its size.
+    fn xdst(&mut self, io: &mut dyn Platform, ins: &Instruction, v: u128) -> R<()> {
+        match ins.op0_kind() {
+            OpKind::Register => {
+                let r = ins.op0_register();
+                match Self::xmm_index(r) {
+                    Some(n) => self.fpu.xmm[n] = v,
+                    None if r.is_gpr() => self.reg_write(r, v as u64 & mask(r.size())),
+                    None => return Err(self.unimplemented(ins)),
+                }
+                Ok(())
+            }
+            _ => {
+                let size = ins.memory_size().size().min(16);
+                let lin = self.mem_lin(ins);
+                if size == 16
+                    && lin & 15 != 0
+                    && matches!(ins.mnemonic(), M::Movdqa | M::Movaps | M::Movapd | M::Movntdq | M::Movntps | M::Movntpd)
+                {
+                    return Err(gp0());
+                }
+                let user = self.user();
+                self.write_bytes(io, lin, &v.to_le_bytes()[..size], user)
+            }
+        }
+    }
+
+    fn xreg0(&self, ins: &Instruction) -> u128 {
+        Self::xmm_index(ins.op0_register()).map_or(0, |n| self.fpu.xmm[n])
+    }
+
+    pub(crate) fn sse(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        if self.cr0 & CR0_EM != 0 || self.cr4 & CR4_OSFXSR == 0 {
+            return Err(ud());
+        }
+        if self.cr0 & CR0_TS != 0 {
+            return Err(Fault::new(NM));
+        }
+        // MMX-register forms are not implemented.
+        for i in 0..ins.op_count() {
+            if ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_mm() {
+                return Err(self.unimplemented(ins));
+            }
+        }
+        use M::*;
+        let m = ins.mnemonic();
+        let op0_mem = ins.op0_kind() == OpKind::Memory;
+        match m {
+            Ldmxcsr => {
+                let v = self.xsrc(io, ins, 0)? as u32;
+                if v & !crate::x87::MXCSR_MASK != 0 {
+                    return Err(gp0());
+                }
+                self.fpu.mxcsr = v;
+                Ok(())
+            }
+            Stmxcsr => {
+                let v = self.fpu.mxcsr as u128;
+                self.xdst(io, ins, v)
+            }
+            Movnti => {
+                let v = self.reg_read(ins.op1_register());
+                let size = ins.op1_register().size();
+                self.wr(io, ins, 0, size, v)
+            }
+            Movdqa | Movdqu | Movaps | Movups | Movapd | Movupd | Lddqu | Movntdq | Movntps
+            | Movntpd => {
+                let v = self.xsrc(io, ins, 1)?;
+                self.xdst(io, ins, v)
+            }
+            Movq | Movd => {
+                let v = self.xsrc(io, ins, 1)?;
+                let v = if m == Movd { v as u32 as u128 } else { v as u64 as u128 };
+                if op0_mem || !ins.op0_register().is_xmm() {
+                    return self.xdst(io, ins, v);
+                }
+                self.xdst(io, ins, v)
+            }
+            Movss | Movsd => {
+                let (w, mk): (u32, u128) = if m == Movss { (4, 0xffff_ffff) } else { (8, u64::MAX as u128) };
+                let _ = w;
+                let src = self.xsrc(io, ins, 1)?;
+                if op0_mem {
+                    return self.xdst(io, ins, src & mk);
+                }
+                let v = if ins.op1_kind() == OpKind::Memory {
+                    src & mk
+                } else {
+                    (self.xreg0(ins) & !mk) | (src & mk)
+                };
+                self.xdst(io, ins, v)
+            }
+            Movhpd | Movhps => {
+                if op0_mem {
+                    let v = self.xsrc(io, ins, 1)? >> 64;
+                    return self.xdst(io, ins, v);
+                }
+                let src = self.xsrc(io, ins, 1)? as u64 as u128;
+                let v = (self.xreg0(ins) & u64::MAX as u128) | src << 64;
+                self.xdst(io, ins, v)
+            }
+            Movlpd | Movlps => {
+                if op0_mem {
+                    let v = self.xsrc(io, ins, 1)? as u64 as u128;
+                    return self.xdst(io, ins, v);
+                }
+                let src = self.xsrc(io, ins, 1)? as u64 as u128;
+                let v = (self.xreg0(ins) & !(u64::MAX as u128)) | src;
+                self.xdst(io, ins, v)
+            }
+            Movhlps => {
+                let src = self.xsrc(io, ins, 1)?;
+                let v = (self.xreg0(ins) & !(u64::MAX as u128)) | (src >> 64);
+                self.xdst(io, ins, v)
+            }
+            Movlhps => {
+                let src = self.xsrc(io, ins, 1)?;
+                let v = (self.xreg0(ins) & u64::MAX as u128) | (src << 64);
+                self.xdst(io, ins, v)
+            }
+            Movmskpd | Movmskps | Pmovmskb => {
+                let s = self.xsrc(io, ins, 1)?;
+                let v: u64 = match m {
+                    Movmskpd => ((s >> 63) & 1 | (s >> 126) & 2) as u64,
+                    Movmskps => (0..4).map(|i| ((s >> (32 * i + 31)) & 1) << i).sum::<u128>() as u64,
+                    _ => (0..16).map(|i| ((s >> (8 * i + 7)) & 1) << i).sum::<u128>() as u64,
+                };
+                let d = ins.op0_register();
+                self.reg_write(d, v);
+                Ok(())
+            }
+            Pextrw => {
+                let s = self.xsrc(io, ins, 1)?;
+                let i = (ins.immediate(2) & 7) as usize;
+                let v = w8(s)[i] as u64;
+                if op0_mem {
+                    return self.wr(io, ins, 0, 2, v);
+                }
+                self.reg_write(ins.op0_register(), v);
+                Ok(())
+            }
+            Pinsrw => {
+                let s = self.xsrc(io, ins, 1)? as u16;
+                let i = (ins.immediate(2) & 7) as usize;
+                let mut w = w8(self.xreg0(ins));
+                w[i] = s;
+                self.xdst(io, ins, from_w(w))
+            }
+            _ => self.sse_compute(io, ins),
+        }
+    }
+
+    fn sse_compute(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        use M::*;
+        let m = ins.mnemonic();
+        // Shifts by immediate have the XMM register as operand 0 and an immediate.
+        if matches!(m, Psllw | Pslld | Psllq | Psrlw | Psrld | Psrlq | Psraw | Psrad | Pslldq | Psrldq) {
+            let a = self.xreg0(ins);
+            let count = if ins.op1_kind() == OpKind::Register || ins.op1_kind() == OpKind::Memory {
+                let c = self.xsrc(io, ins, 1)? as u64;
+                c
+            } else {
+                ins.immediate(1) & 0xff
+            };
+            let r = shift_lanes(m, a, count);
+            return self.xdst(io, ins, r);
+        }
+        let a = self.xreg0(ins);
+        let b = self.xsrc(io, ins, 1)?;
+        let rc = (self.fpu.mxcsr >> 13) & 3;
+        let r: u128 = match m {
+            Pxor | Xorps | Xorpd => a ^ b,
+            Por | Orps | Orpd => a | b,
+            Pand | Andps | Andpd => a & b,
+            Pandn | Andnps | Andnpd => !a & b,
+            Paddb | Psubb | Paddusb | Psubusb | Paddsb | Psubsb | Pcmpeqb | Pcmpgtb | Pminub
+            | Pmaxub | Pavgb => {
+                let (x, y) = (b16(a), b16(b));
+                from_b(std::array::from_fn(|i| {
+                    let (p, q) = (x[i], y[i]);
+                    match m {
+                        Paddb => p.wrapping_add(q),
+                        Psubb => p.wrapping_sub(q),
+                        Paddusb => p.saturating_add(q),
+                        Psubusb => p.saturating_sub(q),
+                        Paddsb => sat_i8(p as i8 as i32 + q as i8 as i32),
+                        Psubsb => sat_i8(p as i8 as i32 - q as i8 as i32),
+                        Pcmpeqb => if p == q { 0xff } else { 0 },
+                        Pcmpgtb => if (p as i8) > (q as i8) { 0xff } else { 0 },
+                        Pminub => p.min(q),
+                        Pmaxub => p.max(q),
+                        _ => ((p as u16 + q as u16 + 1) >> 1) as u8,
+                    }
+                }))
+            }
+            Paddw | Psubw | Paddusw | Psubusw | Paddsw | Psubsw | Pcmpeqw | Pcmpgtw | Pminsw
+            | Pmaxsw | Pavgw | Pmullw | Pmulhw | Pmulhuw => {
+                let (x, y) = (w8(a), w8(b));
+                from_w(std::array::from_fn(|i| {
+                    let (p, q) = (x[i], y[i]);
+                    let (sp, sq) = (p as i16 as i32, q as i16 as i32);
+                    match m {
+                        Paddw => p.wrapping_add(q),
+                        Psubw => p.wrapping_sub(q),
+                        Paddusw => p.saturating_add(q),
+                        Psubusw => p.saturating_sub(q),
+                        Paddsw => sat_i16(sp + sq),
+                        Psubsw => sat_i16(sp - sq),
+                        Pcmpeqw => if p == q { 0xffff } else { 0 },
+                        Pcmpgtw => if sp > sq { 0xffff } else { 0 },
+                        Pminsw => sp.min(sq) as u16,
+                        Pmaxsw => sp.max(sq) as u16,
+                        Pavgw => ((p as u32 + q as u32 + 1) >> 1) as u16,
+                        Pmullw => (sp * sq) as u16,
+                        Pmulhw => ((sp * sq) >> 16) as u16,
+                        _ => ((p as u32 * q as u32) >> 16) as u16,
+                    }
+                }))
+            }
+            Paddd | Psubd | Pcmpeqd | Pcmpgtd => {
+                let (x, y) = (d4(a), d4(b));
+                from_d(std::array::from_fn(|i| {
+                    let (p, q) = (x[i], y[i]);
+                    match m {
+                        Paddd => p.wrapping_add(q),
+                        Psubd => p.wrapping_sub(q),
+                        Pcmpeqd => if p == q { u32::MAX } else { 0 },
+                        _ => if (p as i32) > (q as i32) { u32::MAX } else { 0 },
+                    }
+                }))
+            }
+            Paddq | Psubq | Pmuludq => {
+                let (x, y) = (q2(a), q2(b));
+                from_q(std::array::from_fn(|i| match m {
+                    Paddq => x[i].wrapping_add(y[i]),
+                    Psubq => x[i].wrapping_sub(y[i]),
+                    _ => (x[i] as u32 as u64) * (y[i] as u32 as u64),
+                }))
+            }
+            Pmaddwd => {
+                let (x, y) = (w8(a), w8(b));
+                from_d(std::array::from_fn(|i| {
+                    let p0 = x[2 * i] as i16 as i32 * y[2 * i] as i16 as i32;
+                    let p1 = x[2 * i + 1] as i16 as i32 * y[2 * i + 1] as i16 as i32;
+                    p0.wrapping_add(p1) as u32
+                }))
+            }
+            Psadbw => {
+                let (x, y) = (b16(a), b16(b));
+                let s = |h: usize| (0..8).map(|i| (x[h + i] as i32 - y[h + i] as i32).unsigned_abs() as u64).sum::<u64>();
+                from_q([s(0), s(8)])
+            }
+            Punpcklbw | Punpckhbw => {
+                let h = if m == Punpckhbw { 8 } else { 0 };
+                let (x, y) = (b16(a), b16(b));
+                from_b(std::array::from_fn(|i| if i % 2 == 0 { x[h + i / 2] } else { y[h + i / 2] }))
+            }
+            Punpcklwd | Punpckhwd => {
+                let h = if m == Punpckhwd { 4 } else { 0 };
+                let (x, y) = (w8(a), w8(b));
+                from_w(std::array::from_fn(|i| if i % 2 == 0 { x[h + i / 2] } else { y[h + i / 2] }))
+            }
+            Punpckldq | Punpckhdq | Unpcklps | Unpckhps => {
+                let h = if matches!(m, Punpckhdq | Unpckhps) { 2 } else { 0 };
+                let (x, y) = (d4(a), d4(b));
+                from_d(std::array::from_fn(|i| if i % 2 == 0 { x[h + i / 2] } else { y[h + i / 2] }))
+            }
+            Punpcklqdq | Unpcklpd => from_q([q2(a)[0], q2(b)[0]]),
+            Punpckhqdq | Unpckhpd => from_q([q2(a)[1], q2(b)[1]]),
+            Packsswb | Packuswb => {
+                let (x, y) = (w8(a), w8(b));
+                from_b(std::array::from_fn(|i| {
+                    let v = if i < 8 { x[i] } else { y[i - 8] } as i16 as i32;
+                    if m == Packsswb { sat_i8(v) } else { sat_u8(v) }
+                }))
+            }
+            Packssdw => {
+                let (x, y) = (d4(a), d4(b));
+                from_w(std::array::from_fn(|i| sat_i16(if i < 4 { x[i] } else { y[i - 4] } as i32)))
+            }
+            Pshufd => {
+                let s = d4(b);
+                let imm = ins.immediate(2) as usize;
+                from_d(std::array::from_fn(|i| s[(imm >> (2 * i)) & 3]))
+            }
+            Pshuflw | Pshufhw => {
+                let s = w8(b);
+                let imm = ins.immediate(2) as usize;
+                let h = if m == Pshufhw { 4 } else { 0 };
+                from_w(std::array::from_fn(|i| {
+                    if i / 4 == h / 4 {
+                        s[h + ((imm >> (2 * (i - h))) & 3)]
+                    } else {
+                        s[i]
+                    }
+                }))
+            }
+            Shufps => {
+                let (x, y) = (d4(a), d4(b));
+                let imm = ins.immediate(2) as usize;
+                from_d([x[imm & 3], x[(imm >> 2) & 3], y[(imm >> 4) & 3], y[(imm >> 6) & 3]])
+            }
+            Shufpd => {
+                let (x, y) = (q2(a), q2(b));
+                let imm = ins.immediate(2) as usize;
+                from_q([x[imm & 1], y[(imm >> 1) & 1]])
+            }
+            Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd => {
+                let (x, y) = (f64::from_bits(a as u64), f64::from_bits(b as u64));
+                let r = match m {
+                    Addsd => x + y,
+                    Subsd => x - y,
+                    Mulsd => x * y,
+                    Divsd => x / y,
+                    Minsd => minf(x, y),
+                    Maxsd => maxf(x, y),
+                    _ => y.sqrt(),
+                };
+                (a & !(u64::MAX as u128)) | r.to_bits() as u128
+            }
+            Addss | Subss | Mulss | Divss | Minss | Maxss | Sqrtss => {
+                let (x, y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
+                let r = match m {
+                    Addss => x + y,
+                    Subss => x - y,
+                    Mulss => x * y,
+                    Divss => x / y,
+                    Minss => minf(x, y),
+                    Maxss => maxf(x, y),
+                    _ => y.sqrt(),
+                };
+                (a & !0xffff_ffffu128) | r.to_bits() as u128
+            }
+            Addpd | Subpd | Mulpd | Divpd | Minpd | Maxpd | Sqrtpd => {
+                let (x, y) = (f64s(a), f64s(b));
+                from_f64(std::array::from_fn(|i| match m {
+                    Addpd => x[i] + y[i],
+                    Subpd => x[i] - y[i],
+                    Mulpd => x[i] * y[i],
+                    Divpd => x[i] / y[i],
+                    Minpd => minf(x[i], y[i]),
+                    Maxpd => maxf(x[i], y[i]),
+                    _ => y[i].sqrt(),
+                }))
+            }
+            Addps | Subps | Mulps | Divps | Minps | Maxps | Sqrtps => {
+                let (x, y) = (f32s(a), f32s(b));
+                from_f32(std::array::from_fn(|i| match m {
+                    Addps => x[i] + y[i],
+                    Subps => x[i] - y[i],
+                    Mulps => x[i] * y[i],
+                    Divps => x[i] / y[i],
+                    Minps => minf(x[i], y[i]),
+                    Maxps => maxf(x[i], y[i]),
+                    _ => y[i].sqrt(),
+                }))
+            }
+            Comisd | Ucomisd | Comiss | Ucomiss => {
+                let ord = if matches!(m, Comisd | Ucomisd) {
+                    f64::from_bits(a as u64).partial_cmp(&f64::from_bits(b as u64))
+                } else {
+                    f32::from_bits(a as u32).partial_cmp(&f32::from_bits(b as u32))
+                };
+                let f = match ord {
+                    None => ZF | PF | CF,
+                    Some(std::cmp::Ordering::Less) => CF,
+                    Some(std::cmp::Ordering::Equal) => ZF,
+                    Some(std::cmp::Ordering::Greater) => 0,
+                };
+                self.flags.set_arith(f);
+                return Ok(());
+            }
+            Cmpsd | Cmpss | Cmppd | Cmpps => {
+                let p = ins.immediate(2) as u8;
+                match m {
+                    Cmpsd => {
+                        let t = cmp_pred(f64::from_bits(a as u64), f64::from_bits(b as u64), p);
+                        (a & !(u64::MAX as u128)) | if t { u64::MAX as u128 } else { 0 }
+                    }
+                    Cmpss => {
+                        let t = cmp_pred(f32::from_bits(a as u32), f32::from_bits(b as u32), p);
+                        (a & !0xffff_ffffu128) | if t { 0xffff_ffff } else { 0 }
+                    }
+                    Cmppd => {
+                        let (x, y) = (f64s(a), f64s(b));
+                        from_q(std::array::from_fn(|i| if cmp_pred(x[i], y[i], p) { u64::MAX } else { 0 }))
+                    }
+                    _ => {
+                        let (x, y) = (f32s(a), f32s(b));
+                        from_d(std::array::from_fn(|i| if cmp_pred(x[i], y[i], p) { u32::MAX } else { 0 }))
+                    }
+                }
+            }
+            Cvtsi2sd | Cvtsi2ss => {
+                let size = self.op_size(ins, 1);
+                let v = b as u64;
+                let iv = if size == 8 { v as i64 } else { v as u32 as i32 as i64 };
+                if m == Cvtsi2sd {
+                    (a & !(u64::MAX as u128)) | (iv as f64).to_bits() as u128
+                } else {
+                    (a & !0xffff_ffffu128) | (iv as f32).to_bits() as u128
+                }
+            }
+            Cvttsd2si | Cvtsd2si | Cvttss2si | Cvtss2si => {
+                let d = ins.op0_register();
+                let bits = (d.size() * 8) as u32;
+                let v = if matches!(m, Cvttsd2si | Cvtsd2si) {
+                    f64::from_bits(b as u64)
+                } else {
+                    f32::from_bits(b as u32) as f64
+                };
+                let r = f2i(v, bits, rc, matches!(m, Cvttsd2si | Cvttss2si));
+                self.reg_write(d, r);
+                return Ok(());
+            }
+            Cvtsd2ss => (a & !0xffff_ffffu128) | (f64::from_bits(b as u64) as f32).to_bits() as u128,
+            Cvtss2sd => (a & !(u64::MAX as u128)) | (f32::from_bits(b as u32) as f64).to_bits() as u128,
+            Cvtdq2pd => {
+                let s = d4(b);
+                from_f64([s[0] as i32 as f64, s[1] as i32 as f64])
+            }
+            Cvtdq2ps => from_f32(d4(b).map(|x| x as i32 as f32)),
+            Cvttps2dq | Cvtps2dq => {
+                let t = m == Cvttps2dq;
+                from_d(f32s(b).map(|x| f2i(x as f64, 32, rc, t) as u32))
+            }
+            Cvttpd2dq | Cvtpd2dq => {
+                let t = m == Cvttpd2dq;
+                let s = f64s(b);
+                from_d([f2i(s[0], 32, rc, t) as u32, f2i(s[1], 32, rc, t) as u32, 0, 0])
+            }
+            Cvtps2pd => {
+                let s = f32s(b);
+                from_f64([s[0] as f64, s[1] as f64])
+            }
+            Cvtpd2ps => {
+                let s = f64s(b);
+                from_f32([s[0] as f32, s[1] as f32, 0.0, 0.0])
+            }
+            _ => return Err(self.unimplemented(ins)),
+        };
+        self.xdst(io, ins, r)
+    }
+}
+
+/// Lane shifts; counts at or beyond the lane width give zero (or all sign bits).
+fn shift_lanes(m: M, a: u128, count: u64) -> u128 {
+    use M::*;
+    match m {
+        Pslldq => {
+            let c = count.min(16) as u32;
+            if c >= 16 { 0 } else { a << (8 * c) }
+        }
+        Psrldq => {
+            let c = count.min(16) as u32;
+            if c >= 16 { 0 } else { a >> (8 * c) }
+        }
+        Psllw | Psrlw | Psraw => from_w(w8(a).map(|x| {
+            let c = count.min(16) as u32;
+            match m {
+                Psllw => if c >= 16 { 0 } else { x << c },
+                Psrlw => if c >= 16 { 0 } else { x >> c },
+                _ => ((x as i16) >> c.min(15)) as u16,
+            }
+        })),
+        Pslld | Psrld | Psrad => from_d(d4(a).map(|x| {
+            let c = count.min(32) as u32;
+            match m {
+                Pslld => if c >= 32 { 0 } else { x << c },
+                Psrld => if c >= 32 { 0 } else { x >> c },
+                _ => ((x as i32) >> c.min(31)) as u32,
+            }
+        })),
+        _ => from_q(q2(a).map(|x| {
+            let c = count.min(64) as u32;
+            match m {
+                Psllq => if c >= 64 { 0 } else { x << c },
+                _ => if c >= 64 { 0 } else { x >> c },
+            }
+        })),
+    }
+}

@@ -1,0 +1,140 @@
+//! The software TLB: a direct-mapped array of linear-page translations.
+//!
+//! Each entry caches the result of one page walk for one 4 KiB linear page, with the
+//! permissions pre-combined for the current CR0.WP (a CR0 write flushes everything), so an
+//! access is checked with one AND. Entries of MMIO pages have a null host pointer.
+
+pub const TLB_SIZE: usize = 1024;
+
+pub const P_READ_SUP: u8 = 1 << 0;
+pub const P_READ_USER: u8 = 1 << 1;
+pub const P_WRITE_SUP: u8 = 1 << 2;
+pub const P_WRITE_USER: u8 = 1 << 3;
+pub const P_EXEC_SUP: u8 = 1 << 4;
+pub const P_EXEC_USER: u8 = 1 << 5;
+pub const P_GLOBAL: u8 = 1 << 6;
+
+/// Kind of memory access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Exec,
+}
+
+impl Access {
+    /// The permission bit an access needs in a TLB entry.
+    #[inline(always)]
+    pub fn required(self, user: bool) -> u8 {
+        match (self, user) {
+            (Access::Read, false) => P_READ_SUP,
+            (Access::Read, true) => P_READ_USER,
+            (Access::Write, false) => P_WRITE_SUP,
+            (Access::Write, true) => P_WRITE_USER,
+            (Access::Exec, false) => P_EXEC_SUP,
+            (Access::Exec, true) => P_EXEC_USER,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TlbEntry {
+    /// Linear page address (low 12 bits zero); meaningful only if `perms != 0`.
+    pub tag: u64,
+    /// Guest-physical page address.
+    pub phys: u64,
+    /// Host address of the page in RAM, or null for MMIO.
+    pub host: *mut u8,
+    /// Code-version index of the page (usize::MAX if not RAM).
+    pub vidx: usize,
+    pub perms: u8,
+    /// Mask of the linear-address bits naming the guest page this came from (4K, 2M, 4M
+    /// or 1G), so INVLPG of any address in a large page drops all its 4K pieces.
+    pub span_mask: u64,
+}
+
+impl TlbEntry {
+    const EMPTY: TlbEntry = TlbEntry {
+        tag: 0,
+        phys: 0,
+        host: std::ptr::null_mut(),
+        vidx: usize::MAX,
+        perms: 0,
+        span_mask: !0xfff,
+    };
+}
+
+pub struct Tlb {
+    entries: Box<[TlbEntry]>,
+    /// Whether any entry came from a large page (INVLPG must then scan).
+    has_large: bool,
+}
+
+// SAFETY: the host pointers are into guest RAM kept alive by the Cpu's GuestRam; the TLB is
+// owned by one Cpu and moves with it between threads.
+unsafe impl Send for Tlb {}
+
+impl Default for Tlb {
+    fn default() -> Self {
+        Tlb {
+            entries: vec![TlbEntry::EMPTY; TLB_SIZE].into_boxed_slice(),
+            has_large: false,
+        }
+    }
+}
+
+impl Tlb {
+    #[inline(always)]
+    fn index(lin: u64) -> usize {
+        ((lin >> 12) as usize) & (TLB_SIZE - 1)
+    }
+
+    /// The entry for `lin` if it is cached and allows `need`.
+    #[inline(always)]
+    pub fn lookup(&self, lin: u64, need: u8) -> Option<&TlbEntry> {
+        let e = &self.entries[Self::index(lin)];
+        if e.tag == (lin & !0xfff) && e.perms & need != 0 {
+            Some(e)
+        } else {
+            None
+        }
+    }
+
+    pub fn insert(&mut self, e: TlbEntry) {
+        if e.span_mask != !0xfff {
+            self.has_large = true;
+        }
+        self.entries[Self::index(e.tag)] = e;
+    }
+
+    /// INVLPG (also drops every cached piece of a large page containing `lin`).
+    pub fn flush_page(&mut self, lin: u64) {
+        let e = &mut self.entries[Self::index(lin)];
+        if e.tag == (lin & !0xfff) {
+            e.perms = 0;
+        }
+        if self.has_large {
+            for e in self.entries.iter_mut() {
+                if e.perms != 0 && (e.tag & e.span_mask) == (lin & e.span_mask) {
+                    e.perms = 0;
+                }
+            }
+        }
+    }
+
+    /// CR3 write: drop all non-global entries.
+    pub fn flush_non_global(&mut self) {
+        for e in self.entries.iter_mut() {
+            if e.perms & P_GLOBAL == 0 {
+                e.perms = 0;
+            }
+        }
+    }
+
+    pub fn flush_all(&mut self) {
+        for e in self.entries.iter_mut() {
+            e.perms = 0;
+        }
+        self.has_large = false;
+    }
+}

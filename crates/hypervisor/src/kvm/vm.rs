@@ -1,0 +1,173 @@
+//! One KVM virtual machine: guest RAM in memory slots, the in-kernel irqchip and PIT, the
+//! interrupt lines devices drive, and vCPU creation.
+
+use std::sync::Arc;
+
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
+
+use super::vcpu::{write_msrs, KvmVcpu};
+use super::{cpuid, kick, kvm_err, lapic, msrs, state};
+use crate::{EngineKind, Error, Vcpu, Vm};
+use devices::InterruptSink;
+
+/// Where KVM puts the three pages of the real-mode TSS (VMX only), just below the BIOS.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+/// Where KVM puts the identity page table for unpaged protected mode (VMX only).
+const IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+/// GSIs the in-kernel IOAPIC has pins for (ISA 0..15 also reach the PIC).
+const MAX_GSI: u32 = 24;
+
+/// A VM running on KVM.
+#[derive(Debug)]
+pub struct KvmVm {
+    fd: Arc<VmFd>,
+    /// Keeps the memory mapped as long as KVM's slots point at it.
+    mem: GuestMemoryMmap,
+    cpus: u8,
+    supported_cpuid: Vec<kvm_cpuid_entry2>,
+    /// MSRs KVM can save and restore on this host.
+    msr_index: Arc<[u32]>,
+    pvm: bool,
+    sink: Arc<KvmInterruptSink>,
+}
+
+impl KvmVm {
+    pub(crate) fn new(
+        fd: VmFd,
+        mem: &GuestMemoryMmap,
+        cpus: u8,
+        supported_cpuid: Vec<kvm_cpuid_entry2>,
+        msr_index: Vec<u32>,
+        pvm: bool,
+    ) -> Result<Self, Error> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(MemoryRegionAddress(0))
+                .map_err(|e| Error::InvalidState(format!("guest memory region: {e}")))?;
+            let slot = u32::try_from(slot)
+                .map_err(|_| Error::InvalidState("too many memory regions".into()))?;
+            let desc = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mapping of exactly `len` bytes, and `KvmVm` keeps a
+            // clone of `mem` (sharing the mappings) for as long as the VM fd exists, so the
+            // memory KVM points at stays mapped. Regions of a GuestMemoryMmap do not overlap.
+            unsafe { fd.set_user_memory_region(desc) }
+                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        fd.set_identity_map_address(IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        kick::install_handler()?;
+        let fd = Arc::new(fd);
+        Ok(KvmVm {
+            sink: Arc::new(KvmInterruptSink { vm: fd.clone() }),
+            fd,
+            mem: mem.clone(),
+            cpus,
+            supported_cpuid,
+            msr_index: msr_index.into(),
+            pvm,
+        })
+    }
+
+    /// The underlying KVM VM, for what the trait does not cover (irqfd, ioeventfd, GSI
+    /// routing, clock and irqchip state for snapshots).
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
+    /// The VM's vCPU count (the CPUID topology every vCPU sees).
+    pub fn cpus(&self) -> u8 {
+        self.cpus
+    }
+
+    /// Create vCPU `id` (its APIC ID) with CPUID, LAPIC LINT pins, MSRs and FPU set up as a
+    /// firmware would leave them. Registers are KVM's reset state until `set_state`.
+    pub fn create_kvm_vcpu(&self, id: u32) -> Result<KvmVcpu, Error> {
+        if id >= u32::from(self.cpus) {
+            return Err(Error::InvalidState(format!(
+                "vCPU {id} requested, the VM has {} vCPUs",
+                self.cpus
+            )));
+        }
+        let fd = self
+            .fd
+            .create_vcpu(u64::from(id))
+            .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+
+        let mut entries = self.supported_cpuid.clone();
+        cpuid::adjust(&mut entries, id, u32::from(self.cpus));
+        let cpuid = CpuId::from_entries(&entries)
+            .map_err(|e| Error::InvalidState(format!("CPUID table: {e:?}")))?;
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+
+        let mut lapic_state = fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+        lapic::set_lint(&mut lapic_state);
+        fd.set_lapic(&lapic_state)
+            .map_err(kvm_err("KVM_SET_LAPIC"))?;
+
+        let boot: Vec<(u32, u64)> = msrs::boot_msrs()
+            .into_iter()
+            .filter(|(index, _)| self.msr_index.contains(index))
+            .collect();
+        write_msrs(&fd, &boot)?;
+        fd.set_fpu(&state::default_fpu())
+            .map_err(kvm_err("KVM_SET_FPU"))?;
+
+        Ok(KvmVcpu::new(
+            id,
+            fd,
+            self.mem.clone(),
+            self.msr_index.clone(),
+            self.pvm,
+        ))
+    }
+}
+
+impl Vm for KvmVm {
+    fn engine(&self) -> EngineKind {
+        EngineKind::Kvm
+    }
+
+    fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, Error> {
+        Ok(Box::new(self.create_kvm_vcpu(id)?))
+    }
+
+    fn interrupt_sink(&self) -> Arc<dyn InterruptSink> {
+        self.sink.clone()
+    }
+}
+
+/// Interrupt lines into the in-kernel irqchip (`KVM_IRQ_LINE`). With KVM's default routing
+/// GSIs 0..15 reach both the PIC and the IOAPIC, 16..23 the IOAPIC only.
+#[derive(Debug)]
+pub struct KvmInterruptSink {
+    vm: Arc<VmFd>,
+}
+
+impl InterruptSink for KvmInterruptSink {
+    fn set_level(&self, gsi: u32, level: bool) {
+        if gsi < MAX_GSI {
+            // KVM_IRQ_LINE only fails for a GSI without a route, which the bound excludes;
+            // the trait has no error path, so a failure is dropped like an unrouted line.
+            let _ = self.vm.set_irq_line(gsi, level);
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! What one emulated vCPU sees around it: the irqchip for interrupts, its local APIC and
+//! the IOAPIC, the PIC/PIT ports and time, and the VMM's device buses for everything else.
+//! Every access is counted under the exit reason it would have on KVM.
+
+use arch::layout;
+use devices::irqchip::SwIrqChip;
+
+use crate::{ExitCounters, ExitReason, IoHandler};
+
+/// The emulator's view of the machine during one `run` slice.
+pub struct SwPlatform<'a> {
+    pub io: &'a dyn IoHandler,
+    pub chip: &'a SwIrqChip,
+    pub cpu: usize,
+    pub counters: &'a ExitCounters,
+    /// Set when an access reached the VMM's devices (which may have asked to stop the VM).
+    pub device_io: bool,
+}
+
+const MSR_APIC_BASE: u32 = 0x1b;
+const MSR_TSC_DEADLINE: u32 = 0x6e0;
+
+fn in_range(addr: u64, base: u64, size: u64) -> Option<u64> {
+    addr.checked_sub(base).filter(|&off| off < size)
+}
+
+impl emu::Platform for SwPlatform<'_> {
+    fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        self.counters.count(ExitReason::PioRead);
+        if !self.chip.pio_read(port, data) {
+            self.io.pio_read(port, data);
+            self.device_io = true;
+        }
+    }
+
+    fn pio_write(&mut self, port: u16, data: &[u8]) {
+        self.counters.count(ExitReason::PioWrite);
+        if !self.chip.pio_write(port, data) {
+            self.io.pio_write(port, data);
+            self.device_io = true;
+        }
+    }
+
+    fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) {
+        self.counters.count(ExitReason::MmioRead);
+        if let Some(off) = in_range(gpa, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+            self.chip.lapic_read(self.cpu, off, data);
+        } else if let Some(off) = in_range(gpa, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
+            self.chip.ioapic_read(off, data);
+        } else {
+            self.io.mmio_read(gpa, data);
+            self.device_io = true;
+        }
+    }
+
+    fn mmio_write(&mut self, gpa: u64, data: &[u8]) {
+        self.counters.count(ExitReason::MmioWrite);
+        if let Some(off) = in_range(gpa, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+            self.chip.lapic_write(self.cpu, off, data);
+        } else if let Some(off) = in_range(gpa, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
+            self.chip.ioapic_write(off, data);
+        } else {
+            self.io.mmio_write(gpa, data);
+            self.device_io = true;
+        }
+    }
+
+    fn interrupt_pending(&mut self) -> bool {
+        self.chip.interrupt_pending(self.cpu)
+    }
+
+    fn acknowledge_interrupt(&mut self) -> Option<u8> {
+        self.chip.acknowledge(self.cpu)
+    }
+
+    fn tsc(&mut self) -> u64 {
+        self.chip.tsc_now()
+    }
+
+    fn apic_base_written(&mut self, value: u64) {
+        self.chip.set_apic_base(self.cpu, value);
+    }
+
+    fn tsc_deadline_written(&mut self, deadline: u64) {
+        self.chip.set_tsc_deadline(self.cpu, deadline);
+    }
+
+    fn rdmsr(&mut self, index: u32) -> Option<u64> {
+        match index {
+            MSR_APIC_BASE => Some(self.chip.apic_base(self.cpu)),
+            MSR_TSC_DEADLINE => Some(self.chip.tsc_deadline(self.cpu)),
+            _ => None,
+        }
+    }
+
+    fn wrmsr(&mut self, index: u32, value: u64) -> bool {
+        match index {
+            MSR_APIC_BASE => self.chip.set_apic_base(self.cpu, value),
+            MSR_TSC_DEADLINE => {
+                self.chip.set_tsc_deadline(self.cpu, value);
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The device manager: creates the platform's legacy devices, places them on the port and
+//! MMIO buses at the addresses in `arch::layout` (the same addresses the ACPI tables
+//! describe), and is the [`IoHandler`] both engines dispatch guest I/O to.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arch::layout;
+use devices::legacy::{
+    BootTimer, Bus, BusDevice, BusError, DebugExit, Pm1Control, Pm1Event, PmTimer, PortSink,
+    ResetControl, Rtc, Serial, SerialError, VmControl, I8042,
+};
+use devices::InterruptSink;
+use hypervisor::IoHandler;
+
+/// All devices of one VM and the buses that reach them.
+pub struct DeviceManager {
+    pio: Bus,
+    mmio: Bus,
+    pub control: Arc<VmControl>,
+    pub serial: Arc<Serial>,
+    pub boot_timer: Arc<BootTimer>,
+}
+
+impl DeviceManager {
+    /// Builds the legacy platform: COM1, i8042, CMOS RTC, ACPI PM block and reset register,
+    /// debug-exit and boot-timer ports, and a sink for the POST-code port.
+    pub fn new(
+        serial_out: Box<dyn Write + Send>,
+        irq: Arc<dyn InterruptSink>,
+        mem_size: u64,
+        start: Instant,
+    ) -> Result<DeviceManager, DeviceError> {
+        let control = Arc::new(VmControl::new().map_err(|e| DeviceError::Control(e.to_string()))?);
+        let serial = Arc::new(Serial::new(serial_out, irq.clone(), layout::COM1_IRQ)?);
+        let boot_timer = Arc::new(BootTimer::new(start, control.clone()));
+        let pio = Bus::new();
+        let mmio = Bus::new();
+        let place =
+            |dev: Arc<dyn BusDevice>, base: u16, len: u64| pio.insert(dev, u64::from(base), len);
+        place(serial.clone(), layout::COM1, 8)?;
+        let i8042 = Arc::new(I8042::new(
+            control.clone(),
+            irq.clone(),
+            layout::I8042_IRQ,
+            12,
+        ));
+        place(i8042.clone(), layout::I8042_DATA, 1)?;
+        place(i8042.command_port(), layout::I8042_COMMAND, 1)?;
+        let rtc = Rtc::new();
+        let below_4g = mem_size.min(layout::MMIO_HOLE_START);
+        rtc.set_memory_size(below_4g, mem_size - below_4g);
+        place(Arc::new(rtc), layout::RTC_INDEX, 2)?;
+        place(
+            Arc::new(DebugExit::new(control.clone())),
+            layout::DEBUG_EXIT,
+            4,
+        )?;
+        place(boot_timer.clone(), layout::BOOT_TIMER, 4)?;
+        place(
+            Arc::new(Pm1Event::new(irq.clone(), u32::from(layout::ACPI_SCI_IRQ))),
+            layout::ACPI_PM1A_EVT,
+            u64::from(layout::ACPI_PM1A_EVT_LEN),
+        )?;
+        place(
+            Arc::new(Pm1Control::new(layout::ACPI_S5_SLP_TYP, control.clone())),
+            layout::ACPI_PM1A_CNT,
+            u64::from(layout::ACPI_PM1A_CNT_LEN),
+        )?;
+        place(
+            Arc::new(PmTimer::new()),
+            layout::ACPI_PM_TMR,
+            u64::from(layout::ACPI_PM_TMR_LEN),
+        )?;
+        place(
+            Arc::new(ResetControl::new(control.clone())),
+            layout::RESET_CONTROL,
+            1,
+        )?;
+        place(Arc::new(PortSink::new(0xff)), layout::POST_CODE, 1)?;
+        Ok(DeviceManager {
+            pio,
+            mmio,
+            control,
+            serial,
+            boot_timer,
+        })
+    }
+
+    /// Offers `bytes` to the UART until it took all of them, waiting for the guest to drain
+    /// its receive FIFO in between. Gives up when the VM is stopping (`stopping` says so).
+    pub fn deliver_serial_input(&self, mut bytes: &[u8], stopping: &dyn Fn() -> bool) {
+        while !bytes.is_empty() && !stopping() {
+            let n = self.serial.enqueue_input(bytes);
+            bytes = &bytes[n..];
+            if !bytes.is_empty() {
+                wait_readable(
+                    self.serial.input_room_fd().as_raw_fd_int(),
+                    Duration::from_millis(50),
+                );
+                let _ = self.serial.input_room_fd().read();
+            }
+        }
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passed.
+fn wait_readable(fd: i32, timeout: Duration) {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one valid pollfd, count 1; poll only writes `revents`.
+    unsafe { libc::poll(&mut p, 1, ms) };
+}
+
+trait AsRawFdInt {
+    fn as_raw_fd_int(&self) -> i32;
+}
+
+impl AsRawFdInt for vmm_sys_util::eventfd::EventFd {
+    fn as_raw_fd_int(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.as_raw_fd()
+    }
+}
+
+impl IoHandler for DeviceManager {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        self.pio.read(u64::from(port), data);
+    }
+    fn pio_write(&self, port: u16, data: &[u8]) {
+        self.pio.write(u64::from(port), data);
+    }
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        self.mmio.read(addr, data);
+    }
+    fn mmio_write(&self, addr: u64, data: &[u8]) {
+        self.mmio.write(addr, data);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot create the VM control channel: {0}")]
+    Control(String),
+    #[error("cannot create the serial port: {0}")]
+    Serial(#[from] SerialError),
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] BusError),
+}

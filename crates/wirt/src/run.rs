@@ -1,0 +1,74 @@
+//! `wirt run`: flags → [`vmm::config::VmConfig`] → a running VM → an exit status.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use vmm::config::{EngineChoice, MemorySize, SerialConfig, VmConfig};
+use vmm::RunOptions;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel to boot: ELF vmlinux (64-bit or PVH entry), bzImage or Multiboot v1.
+    /// Default: the default guest's kernel (built into the cache if missing).
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (Linux) or first module (Multiboot).
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    cmdline: Option<String>,
+    /// Number of vCPUs (1-64).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    cpus: u8,
+    /// Guest RAM, e.g. 512M or 2G.
+    #[arg(long, default_value = "512M", value_name = "SIZE")]
+    memory: MemorySize,
+    /// Execution engine: auto (KVM when it can run the guest, else sw), kvm or sw.
+    #[arg(long, default_value = "auto", value_name = "ENGINE")]
+    engine: EngineChoice,
+    /// Serial console backend: stdio, null, file:PATH or socket:PATH.
+    #[arg(long, default_value = "stdio", value_name = "BACKEND")]
+    serial: SerialConfig,
+    /// Print VM exits by reason (and instructions executed) when the VM ends.
+    #[arg(long)]
+    stats: bool,
+    /// Print what wirt does: engine chosen, guest ready time.
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let (kernel, initrd, cmdline) = match args.kernel {
+        Some(k) => (k, args.initrd, args.cmdline.unwrap_or_default()),
+        None => {
+            let img = crate::image_cmd::ensure_default(args.verbose)
+                .context("cannot prepare the default guest image")?;
+            let cmdline = args.cmdline.unwrap_or(img.cmdline);
+            (img.kernel, args.initrd.or(Some(img.initrd)), cmdline)
+        }
+    };
+    let config = VmConfig {
+        kernel,
+        initrd,
+        cmdline,
+        cpus: args.cpus,
+        memory: args.memory,
+        engine: args.engine,
+        serial: args.serial,
+    };
+    config.validate()?;
+    let opts = RunOptions {
+        stats: args.stats,
+        verbose: args.verbose,
+    };
+    let report = vmm::run_vm(&config, &opts)?;
+    if args.verbose || report.reason.exit_status() >= 4 && report.reason.exit_status() % 2 == 0 {
+        eprintln!("wirt: {}", report.reason.describe());
+    }
+    if args.stats {
+        eprint!("{}", report.stats.table());
+    }
+    Ok(report.reason.exit_status())
+}

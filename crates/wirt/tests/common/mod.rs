@@ -1,0 +1,83 @@
+//! Running the `wirt` binary from end-to-end tests.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Whether /dev/kvm can be opened; prints why a test skips when not.
+pub fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("skipped {test}: /dev/kvm not available ({e})");
+            false
+        }
+    }
+}
+
+/// The result of one `wirt run`.
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn from(out: Output) -> Run {
+        Run {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `wirt run` on `kernel` with extra arguments, with a time limit.
+pub fn wirt_run(kernel: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirt"));
+    cmd.arg("run").arg("--kernel").arg(kernel).args(args);
+    run_with_timeout(cmd, std::time::Duration::from_secs(120))
+}
+
+/// Runs `wirt` with arbitrary arguments.
+pub fn wirt(args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirt"));
+    cmd.args(args);
+    run_with_timeout(cmd, std::time::Duration::from_secs(120))
+}
+
+fn run_with_timeout(mut cmd: Command, limit: std::time::Duration) -> Run {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn wirt");
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "wirt did not finish within {limit:?}:\n{:?}",
+                Run::from(out)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Run::from(child.wait_with_output().expect("output"))
+}
