@@ -48,7 +48,7 @@ fn main() {
         0x48, 0x8b, 0x5c, 0x24, 0xf8, // mov rbx, [rsp-8]
         0x48, 0x8d, 0x34, 0x43, // lea rsi, [rbx+rax*2]
         0xff, 0xc9, // dec ecx
-        0x75, 0xea, // jnz loop
+        0x75, 0xe8, // jnz loop
         0xf4, // hlt
     ];
     mem.write_slice(code, GuestAddress(0x10000)).unwrap();
@@ -83,7 +83,7 @@ fn main() {
         match cpu.run(&mut Null, 10_000_000) {
             Exit::BudgetExhausted => {}
             Exit::Halted => break,
-            Exit::Shutdown => panic!("guest shut down"),
+            Exit::Shutdown => panic!("guest shut down: {:x?}", cpu.regs()),
         }
     }
     let secs = start.elapsed().as_secs_f64();

@@ -267,9 +267,9 @@ impl Cpu {
             32 => 0xffff_ffff,
             _ => 0xffff,
         };
-        for ins in block.instrs.iter() {
+        for (ins, kind) in block.instrs.iter().zip(block.kinds.iter()) {
             self.next_rip = ins.next_ip() & mask;
-            match self.exec(io, ins) {
+            match self.exec_kind(io, ins, *kind) {
                 Ok(()) => {
                     self.rip = self.next_rip;
                     self.icount += 1;

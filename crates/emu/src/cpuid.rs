@@ -2,6 +2,10 @@
 //! TSC, MSR, PAE, PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX bit, FXSR, SSE, SSE2;
 //! CX16, POPCNT; SYSCALL, NX, 1G pages, RDTSCP, LM, LAHF; invariant TSC; hypervisor bit)
 //! and no XSAVE/AVX/BMI/SMEP. Leaf 0x4000_0000 carries the "wirtwirtwirt" signature.
+//!
+//! The identity (AuthenticAMD, family 15, model 107, stepping 1) is QEMU's `qemu64`: the
+//! model the guest instruction profile was measured with, whose Linux code paths are
+//! known to work on a software CPU (no Meltdown/MDS mitigations, no Intel-only MSRs).
 
 fn regs(s: &[u8; 12]) -> (u32, u32, u32) {
     let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
@@ -12,12 +16,12 @@ fn regs(s: &[u8; 12]) -> (u32, u32, u32) {
 pub fn cpuid_for(apic_id: u32, leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
     match leaf {
         0 => {
-            let (b, d, c) = regs(b"GenuineIntel");
+            let (b, d, c) = regs(b"AuthenticAMD");
             (7, b, c, d)
         }
         1 => {
-            // Family 6, model 15 (0x0f), stepping 11: a plain Core 2-class CPU.
-            let eax = 0x0000_06fb;
+            // Family 15, model 107 (ext. model 6, model 0xb), stepping 1.
+            let eax = 0x0006_0fb1;
             let ebx = (apic_id << 24) | (1 << 16) | (8 << 8);
             let ecx = (1 << 13) | (1 << 23) | (1 << 31); // CX16, POPCNT, hypervisor
             let edx = (1 << 0) // FPU
@@ -42,11 +46,16 @@ pub fn cpuid_for(apic_id: u32, leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
             let (b, c, d) = regs(b"wirtwirtwirt");
             (0x4000_0000, b, c, d)
         }
-        0x8000_0000 => (0x8000_0008, 0, 0, 0),
+        0x8000_0000 => {
+            let (b, d, c) = regs(b"AuthenticAMD");
+            (0x8000_0008, b, c, d)
+        }
         0x8000_0001 => {
             let ecx = 1; // LAHF/SAHF in 64-bit mode
-            let edx = (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
-            (0, 0, ecx, edx)
+            // AMD mirrors the leaf-1 basics here; plus SYSCALL, NX, 1G pages, RDTSCP, LM.
+            let (_, _, _, base) = cpuid_for(apic_id, 1, 0);
+            let edx = (base & 0x0183_f3ff) | (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
+            (0x0006_0fb1, 0, ecx, edx)
         }
         0x8000_0002..=0x8000_0004 => {
             let mut s = [0u8; 48];

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
 use crate::cpu::{Cpu, CS};
+use crate::exec::fast::{classify, Kind};
 use crate::exceptions::R;
 use crate::platform::Platform;
 use crate::tlb::Access;
@@ -22,6 +23,8 @@ const MAX_BLOCKS: usize = 1 << 16;
 
 pub struct Block {
     pub instrs: Vec<Instruction>,
+    /// Execution path of each instruction (parallel to `instrs`).
+    pub kinds: Vec<Kind>,
     rip: u64,
     cs_base: u64,
     bitness: u32,
@@ -138,7 +141,9 @@ impl Cpu {
                 }
             }
             if !instrs.is_empty() {
+                let kinds = instrs.iter().map(|i| classify(i, self.bitness)).collect();
                 let block = Arc::new(Block {
+                    kinds,
                     instrs,
                     rip: self.rip,
                     cs_base,
@@ -169,6 +174,7 @@ impl Cpu {
             ins = dec.decode();
         }
         Ok(Arc::new(Block {
+            kinds: vec![classify(&ins, self.bitness)],
             instrs: vec![ins],
             rip: self.rip,
             cs_base,

@@ -258,7 +258,7 @@ impl Flags {
     }
 
     /// Evaluates a condition code (jcc/setcc/cmovcc).
-    #[inline]
+    #[inline(always)]
     pub fn cond(&self, cc: ConditionCode) -> bool {
         if self.op == LazyOp::Sub {
             let size = self.size as usize;

@@ -35,6 +35,8 @@ pub const FS_BASE: u32 = 0xc000_0100;
 pub const GS_BASE: u32 = 0xc000_0101;
 pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const TSC_AUX: u32 = 0xc000_0103;
+/// AMD hardware configuration register (read as 0, writes ignored).
+pub const HWCR: u32 = 0xc001_0015;
 
 fn is_mtrr(i: u32) -> bool {
     matches!(i, 0x200..=0x20f | 0x250 | 0x258 | 0x259 | 0x268..=0x26f | MTRR_DEF_TYPE)
@@ -58,7 +60,8 @@ pub struct Msrs {
     pub sfmask: u64,
     pub kernel_gs_base: u64,
     pub mtrr: BTreeMap<u32, u64>,
-    /// Initial APIC ID reported by CPUID (not an MSR; configuration).
+    /// Initial APIC ID reported by CPUID (not an MSR; configuration). MTRRs default to
+    /// "enabled, write-back" (0x806 in MTRR_DEF_TYPE) as firmware would leave them.
     pub apic_id: u32,
 }
 
@@ -145,7 +148,8 @@ impl Cpu {
         Ok(match i {
             TSC => io.tsc().wrapping_add(m.tsc_offset),
             TSC_AUX => m.tsc_aux,
-            PLATFORM_ID | UCODE_REV | MCG_CAP | MCG_STATUS => 0,
+            PLATFORM_ID | UCODE_REV | MCG_CAP | MCG_STATUS | HWCR => 0,
+            MTRR_DEF_TYPE => m.mtrr.get(&i).copied().unwrap_or(0x806),
             APIC_BASE => m.apic_base,
             TSC_DEADLINE => m.tsc_deadline,
             MTRR_CAP => 0x508, // WC supported, fixed ranges, 8 variable ranges
@@ -171,7 +175,7 @@ impl Cpu {
         match i {
             TSC => self.msr.tsc_offset = v.wrapping_sub(io.tsc()),
             TSC_AUX => self.msr.tsc_aux = v & 0xffff_ffff,
-            UCODE_REV => {}
+            UCODE_REV | HWCR => {}
             APIC_BASE => {
                 self.msr.apic_base = v;
                 io.apic_base_written(v);

@@ -795,7 +795,7 @@ fn state_round_trips_through_kvm() {
         *r = 0x0101_0101_0101_0101 * i as u64;
     }
     want.cr8 = 2;
-    want.msrs = vec![(hypervisor::kvm::msrs::LSTAR, 0xffff_ffff_8100_0000)];
+    want.msrs = vec![(arch::msr::MSR_LSTAR, 0xffff_ffff_8100_0000)];
     vcpu.set_state(&want).unwrap();
     let got = vcpu.state().unwrap();
     assert_eq!(got.gpr, want.gpr);
@@ -808,7 +808,7 @@ fn state_round_trips_through_kvm() {
     );
     assert!(
         got.msrs
-            .contains(&(hypervisor::kvm::msrs::LSTAR, 0xffff_ffff_8100_0000)),
+            .contains(&(arch::msr::MSR_LSTAR, 0xffff_ffff_8100_0000)),
         "{:x?}",
         got.msrs
     );

@@ -186,18 +186,18 @@ mod tests {
                     .map(|(_, v)| std::ffi::OsString::from(v))
             }
         };
-        let all = [
+        static ALL: [(&str, &str); 3] = [
             ("WIRT_CACHE_DIR", "/w"),
             ("XDG_CACHE_HOME", "/x"),
             ("HOME", "/h"),
         ];
-        assert_eq!(cache_dir_from(env(&all[..])).unwrap(), PathBuf::from("/w"));
+        assert_eq!(cache_dir_from(env(&ALL[..])).unwrap(), PathBuf::from("/w"));
         assert_eq!(
-            cache_dir_from(env(&all[1..])).unwrap(),
+            cache_dir_from(env(&ALL[1..])).unwrap(),
             PathBuf::from("/x/wirt")
         );
         assert_eq!(
-            cache_dir_from(env(&all[2..])).unwrap(),
+            cache_dir_from(env(&ALL[2..])).unwrap(),
             PathBuf::from("/h/.cache/wirt")
         );
         assert_eq!(

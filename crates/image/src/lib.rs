@@ -23,6 +23,7 @@ mod modules;
 pub mod newc;
 mod options;
 mod port_writer;
+pub mod qemu;
 mod recipe;
 mod stock_kernel;
 

@@ -15,7 +15,7 @@ use crate::recipe;
 
 /// About how many objects a compile of guest/kernel.config builds (for the progress
 /// estimate; measured on 6.1.192).
-pub const OBJECTS_ESTIMATE: u32 = 1250;
+pub const OBJECTS_ESTIMATE: u32 = 1160;
 
 /// The kernel source package.
 pub fn resolve_source() -> Result<Package, ImageError> {

@@ -21,6 +21,8 @@ pub struct DeviceManager {
     pub control: Arc<VmControl>,
     pub serial: Arc<Serial>,
     pub boot_timer: Arc<BootTimer>,
+    /// The ACPI PM1 event block: pressing its power button asks the guest to shut down.
+    pub pm1_event: Arc<Pm1Event>,
 }
 
 impl DeviceManager {
@@ -58,8 +60,9 @@ impl DeviceManager {
             4,
         )?;
         place(boot_timer.clone(), layout::BOOT_TIMER, 4)?;
+        let pm1_event = Arc::new(Pm1Event::new(irq.clone(), u32::from(layout::ACPI_SCI_IRQ)));
         place(
-            Arc::new(Pm1Event::new(irq.clone(), u32::from(layout::ACPI_SCI_IRQ))),
+            pm1_event.clone(),
             layout::ACPI_PM1A_EVT,
             u64::from(layout::ACPI_PM1A_EVT_LEN),
         )?;
@@ -85,6 +88,7 @@ impl DeviceManager {
             control,
             serial,
             boot_timer,
+            pm1_event,
         })
     }
 

@@ -9,12 +9,13 @@ pub mod config;
 pub mod console;
 pub mod devices;
 pub mod outcome;
+pub mod pause;
 pub mod stats;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;
 
-pub use vm::{run_vm, RunReport};
+pub use vm::{run_vm, RunReport, RunningVm, VmState};
 
 /// How `run_vm` reports progress.
 #[derive(Clone, Copy, Debug, Default)]
@@ -48,6 +49,10 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the VM is not running")]
+    NotRunning,
+    #[error("the vCPUs did not stop within 10 s")]
+    PauseTimeout,
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
 }

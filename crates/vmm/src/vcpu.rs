@@ -5,6 +5,8 @@
 //! - **dispatching**: `run` returned [`VmExit::Io`]; the access was already handled by the
 //!   device buses, and the thread asks `check` whether a device requested a stop (reset,
 //!   power-off, debug-exit), then goes back to running;
+//! - **paused**: the VM's [`PauseGate`] is closed; the thread parks between runs until it
+//!   opens (the pauser kicks it out of `run` first);
 //! - **stopping**: the VM's outcome is decided (by this thread, another vCPU, a device or
 //!   the user); the thread leaves its loop and returns. Other threads get it out of
 //!   `run` with the vCPU's [`Kicker`], which makes `run` return [`VmExit::Interrupted`].
@@ -15,6 +17,7 @@ use std::thread::JoinHandle;
 use hypervisor::{IoHandler, Kicker, Vcpu, VmExit};
 
 use crate::outcome::{Outcome, StopReason};
+use crate::pause::PauseGate;
 
 /// A running vCPU thread and the handle that interrupts it.
 pub struct VcpuThread {
@@ -31,19 +34,30 @@ pub fn spawn(
     mut vcpu: Box<dyn Vcpu>,
     io: Arc<dyn IoHandler>,
     outcome: Arc<Outcome>,
+    gate: Arc<PauseGate>,
     check: Arc<dyn Fn() + Send + Sync>,
 ) -> std::io::Result<VcpuThread> {
     let id = vcpu.id();
     let kicker = vcpu.kicker();
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
-        .spawn(move || run_loop(vcpu.as_mut(), io.as_ref(), &outcome, check.as_ref()))?;
+        .spawn(move || run_loop(vcpu.as_mut(), io.as_ref(), &outcome, &gate, check.as_ref()))?;
     Ok(VcpuThread { id, kicker, handle })
 }
 
-fn run_loop(vcpu: &mut dyn Vcpu, io: &dyn IoHandler, outcome: &Outcome, check: &dyn Fn()) {
+fn run_loop(
+    vcpu: &mut dyn Vcpu,
+    io: &dyn IoHandler,
+    outcome: &Outcome,
+    gate: &PauseGate,
+    check: &dyn Fn(),
+) {
     let id = vcpu.id();
     while !outcome.is_decided() {
+        gate.pass();
+        if outcome.is_decided() {
+            break;
+        }
         match vcpu.run(io) {
             Ok(VmExit::Io) => check(),
             Ok(VmExit::Interrupted) => {}
@@ -142,6 +156,7 @@ mod tests {
             scripted(vec![VmExit::Io, VmExit::Io, VmExit::Shutdown]),
             Arc::new(NoIo),
             outcome.clone(),
+            Arc::new(PauseGate::new()),
             Arc::new(move || {
                 c2.fetch_add(1, Ordering::SeqCst);
             }),
@@ -159,6 +174,7 @@ mod tests {
             scripted(vec![]),
             Arc::new(NoIo),
             outcome.clone(),
+            Arc::new(PauseGate::new()),
             Arc::new(|| {}),
         )
         .unwrap();
@@ -179,6 +195,7 @@ mod tests {
             scripted(vec![exit]),
             Arc::new(NoIo),
             outcome.clone(),
+            Arc::new(PauseGate::new()),
             Arc::new(|| {}),
         )
         .unwrap();

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hypervisor::kvm::KvmHypervisor;
-use hypervisor::{EngineKind, IoHandler, Vm};
+use hypervisor::{EngineKind, ExitCounters, IoHandler, Vm};
 use vm_memory::GuestMemoryMmap;
 
 use crate::config::{EngineChoice, VmConfig};
 use crate::console::{Console, Deliver};
 use crate::devices::DeviceManager;
 use crate::outcome::{Outcome, StopReason};
+use crate::pause::PauseGate;
 use crate::stats::VmStats;
 use crate::{vcpu, RunOptions, VmmError};
 
@@ -25,111 +26,223 @@ pub struct RunReport {
     pub ready_after: Option<Duration>,
 }
 
+/// The lifecycle state of a running VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmState {
+    Running,
+    Paused,
+    /// The outcome is decided; the VM is stopping or has stopped.
+    Stopped(StopReason),
+}
+
+/// A booted VM: its vCPU threads run until the guest or a caller ends it.
+pub struct RunningVm {
+    outcome: Arc<Outcome>,
+    gate: Arc<PauseGate>,
+    threads: Vec<vcpu::VcpuThread>,
+    counters: Vec<Arc<ExitCounters>>,
+    devices: Arc<DeviceManager>,
+    console: Option<Console>,
+    engine: EngineKind,
+    start: Instant,
+    verbose: bool,
+}
+
 /// Boots the VM described by `cfg` and returns when it has ended.
 pub fn run_vm(cfg: &VmConfig, opts: &RunOptions) -> Result<RunReport, VmmError> {
-    cfg.validate()?;
-    let start = Instant::now();
-    let ranges = arch::memory::ram_ranges(cfg.memory.0)?;
-    let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(VmmError::Memory)?;
-    let vm = create_vm(cfg, &mem, opts)?;
-    let engine = vm.engine();
-    if opts.verbose {
-        eprintln!(
-            "wirt: engine {engine}, {} vCPU(s), {} RAM",
-            cfg.cpus, cfg.memory
-        );
-    }
+    Ok(RunningVm::start(cfg, opts)?.wait())
+}
 
-    let mut console = Console::open(&cfg.serial)?;
-    let devices = Arc::new(DeviceManager::new(
-        console.take_output(),
-        vm.interrupt_sink(),
-        cfg.memory.0,
-        start,
-    )?);
-
-    let mut kernel = open(&cfg.kernel)?;
-    let mut initrd = cfg.initrd.as_ref().map(|p| open(p)).transpose()?;
-    let platform = arch::platform::PlatformConfig {
-        cpus: cfg.cpus,
-        mem_size: cfg.memory.0,
-        cmdline: cfg.cmdline.clone(),
-        protocol: arch::boot::BootProtocol::Auto,
-        dsdt_devices: Vec::new(),
-    };
-    let boot = arch::platform::setup(
-        &mem,
-        &platform,
-        &mut kernel,
-        initrd.as_mut().map(|f| f as &mut dyn arch::boot::ReadSeek),
-    )?;
-    if opts.verbose {
-        eprintln!(
-            "wirt: {:?} kernel, {:?} entry at {:#x}",
-            boot.format, boot.protocol, boot.entry
-        );
-    }
-
-    let outcome = Arc::new(Outcome::new());
-    let control = devices.control.clone();
-    let check_outcome = outcome.clone();
-    let check: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-        if let Some(ev) = control.requested() {
-            check_outcome.report(StopReason::from(ev));
+impl RunningVm {
+    /// Validates `cfg`, builds the VM and starts its vCPUs.
+    pub fn start(cfg: &VmConfig, opts: &RunOptions) -> Result<RunningVm, VmmError> {
+        cfg.validate()?;
+        let start = Instant::now();
+        let ranges = arch::memory::ram_ranges(cfg.memory.0)?;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(VmmError::Memory)?;
+        let vm = create_vm(cfg, &mem, opts)?;
+        let engine = vm.engine();
+        if opts.verbose {
+            eprintln!(
+                "wirt: engine {engine}, {} vCPU(s), {} RAM",
+                cfg.cpus, cfg.memory
+            );
         }
-    });
 
-    let mut threads = Vec::new();
-    let mut counters = Vec::new();
-    for id in 0..u32::from(cfg.cpus) {
-        let mut vcpu = vm.create_vcpu(id)?;
-        if id == 0 {
-            vcpu.set_state(&boot.cpu)?;
+        let mut console = Console::open(&cfg.serial)?;
+        let devices = Arc::new(DeviceManager::new(
+            console.take_output(),
+            vm.interrupt_sink(),
+            cfg.memory.0,
+            start,
+        )?);
+
+        let mut kernel = open(&cfg.kernel)?;
+        let mut initrd = cfg.initrd.as_ref().map(|p| open(p)).transpose()?;
+        let platform = arch::platform::PlatformConfig {
+            cpus: cfg.cpus,
+            mem_size: cfg.memory.0,
+            cmdline: cfg.cmdline.clone(),
+            protocol: arch::boot::BootProtocol::Auto,
+            dsdt_devices: Vec::new(),
+        };
+        let boot = arch::platform::setup(
+            &mem,
+            &platform,
+            &mut kernel,
+            initrd.as_mut().map(|f| f as &mut dyn arch::boot::ReadSeek),
+        )?;
+        if opts.verbose {
+            eprintln!(
+                "wirt: {:?} kernel, {:?} entry at {:#x}",
+                boot.format, boot.protocol, boot.entry
+            );
         }
-        counters.push(vcpu.counters());
-        let io: Arc<dyn IoHandler> = devices.clone();
-        threads
-            .push(vcpu::spawn(vcpu, io, outcome.clone(), check.clone()).map_err(VmmError::Thread)?);
-    }
 
-    let input_devices = devices.clone();
-    let input_outcome = outcome.clone();
-    let deliver: Deliver = Arc::new(move |bytes: &[u8]| {
-        input_devices.deliver_serial_input(bytes, &|| input_outcome.is_decided())
-    });
-    console
-        .start_input(deliver, outcome.clone())
-        .map_err(VmmError::Thread)?;
-
-    let mut announced_ready = false;
-    let reason = loop {
-        if let Some(r) = outcome.wait_timeout(Duration::from_millis(50)) {
-            break r;
-        }
-        if opts.verbose && !announced_ready {
-            if let Some(t) = devices.control.guest_ready() {
-                eprintln!("\r\nwirt: guest ready after {} ms\r", t.as_millis());
-                announced_ready = true;
+        let outcome = Arc::new(Outcome::new());
+        let gate = Arc::new(PauseGate::new());
+        let control = devices.control.clone();
+        let check_outcome = outcome.clone();
+        let check: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(ev) = control.requested() {
+                check_outcome.report(StopReason::from(ev));
             }
-        }
-    };
+        });
 
-    // Stop: kick every vCPU until its thread has left the run loop.
-    for t in threads {
-        while !t.handle.is_finished() {
-            t.kicker.kick();
-            std::thread::sleep(Duration::from_millis(1));
+        let mut vcpus = Vec::new();
+        for id in 0..u32::from(cfg.cpus) {
+            let mut vcpu = vm.create_vcpu(id)?;
+            if id == 0 {
+                vcpu.set_state(&boot.cpu)?;
+            }
+            vcpus.push(vcpu);
         }
-        let _ = t.handle.join();
+        let counters = vcpus.iter().map(|v| v.counters()).collect();
+        let mut threads = Vec::new();
+        for vcpu in vcpus {
+            let io: Arc<dyn IoHandler> = devices.clone();
+            let t = vcpu::spawn(vcpu, io, outcome.clone(), gate.clone(), check.clone());
+            threads.push(t.map_err(VmmError::Thread)?);
+        }
+
+        let input_devices = devices.clone();
+        let input_outcome = outcome.clone();
+        let deliver: Deliver = Arc::new(move |bytes: &[u8]| {
+            input_devices.deliver_serial_input(bytes, &|| input_outcome.is_decided())
+        });
+        console
+            .start_input(deliver, outcome.clone())
+            .map_err(VmmError::Thread)?;
+
+        Ok(RunningVm {
+            outcome,
+            gate,
+            threads,
+            counters,
+            devices,
+            console: Some(console),
+            engine,
+            start,
+            verbose: opts.verbose,
+        })
     }
-    drop(console); // restores the terminal before anything else is printed
-    let stats = VmStats::collect(&counters, start.elapsed());
-    Ok(RunReport {
-        reason,
-        stats,
-        engine,
-        ready_after: devices.control.guest_ready(),
-    })
+
+    pub fn engine(&self) -> EngineKind {
+        self.engine
+    }
+
+    pub fn state(&self) -> VmState {
+        if let Some(r) = self.outcome.wait_timeout(Duration::ZERO) {
+            VmState::Stopped(r)
+        } else if self.gate.is_closed() {
+            VmState::Paused
+        } else {
+            VmState::Running
+        }
+    }
+
+    /// Exit counters and instructions so far.
+    pub fn stats(&self) -> VmStats {
+        VmStats::collect(&self.counters, self.start.elapsed())
+    }
+
+    /// Time from start to the guest's first boot-timer write, if it made one yet.
+    pub fn ready_after(&self) -> Option<Duration> {
+        self.devices.control.guest_ready()
+    }
+
+    /// Stops every vCPU between instructions; returns once all are parked.
+    pub fn pause(&self) -> Result<(), VmmError> {
+        if self.outcome.is_decided() {
+            return Err(VmmError::NotRunning);
+        }
+        self.gate.close();
+        let n = self.threads.len();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.gate.wait_parked(n, Duration::from_millis(5)) {
+            if self.outcome.is_decided() {
+                return Err(VmmError::NotRunning);
+            }
+            if Instant::now() > deadline {
+                self.gate.open();
+                return Err(VmmError::PauseTimeout);
+            }
+            self.kick_all();
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self) {
+        self.gate.open();
+    }
+
+    /// Asks the guest to shut down (ACPI power button); it powers off when it is done.
+    pub fn request_shutdown(&self) {
+        self.gate.open();
+        self.devices.pm1_event.press_power_button();
+    }
+
+    /// Ends the VM now with `reason` (a hard stop: the guest is not asked).
+    pub fn stop(&self, reason: StopReason) {
+        self.outcome.report(reason);
+    }
+
+    /// Waits for the outcome, stops all vCPU threads and reports.
+    pub fn wait(mut self) -> RunReport {
+        let mut announced_ready = false;
+        let reason = loop {
+            if let Some(r) = self.outcome.wait_timeout(Duration::from_millis(50)) {
+                break r;
+            }
+            if self.verbose && !announced_ready {
+                if let Some(t) = self.devices.control.guest_ready() {
+                    eprintln!("\r\nwirt: guest ready after {} ms\r", t.as_millis());
+                    announced_ready = true;
+                }
+            }
+        };
+        self.gate.release();
+        for t in std::mem::take(&mut self.threads) {
+            while !t.handle.is_finished() {
+                t.kicker.kick();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = t.handle.join();
+        }
+        drop(self.console.take()); // restores the terminal before anything else is printed
+        RunReport {
+            reason,
+            stats: VmStats::collect(&self.counters, self.start.elapsed()),
+            engine: self.engine,
+            ready_after: self.devices.control.guest_ready(),
+        }
+    }
+
+    fn kick_all(&self) {
+        for t in &self.threads {
+            t.kicker.kick();
+        }
+    }
 }
 
 fn open(path: &std::path::Path) -> Result<std::fs::File, VmmError> {

@@ -4,6 +4,7 @@
 mod alu;
 mod bits;
 mod control;
+pub(crate) mod fast;
 mod io;
 mod muldiv;
 mod shift;

@@ -12,6 +12,14 @@ use crate::platform::Platform;
 
 const CHUNK: u64 = 1 << 16;
 
+fn asize_of(am: u64) -> usize {
+    match am {
+        0xffff => 2,
+        0xffff_ffff => 4,
+        _ => 8,
+    }
+}
+
 impl Cpu {
     pub(super) fn string_op(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
         let m = ins.mnemonic();
@@ -60,6 +68,13 @@ impl Cpu {
                     self.next_rip = self.rip;
                     self.block_end = true;
                     return Ok(());
+                }
+            }
+            if rep && step == size as u64 {
+                let done = self.rep_fast_chunk(io, m, size, am, src_seg, CHUNK - n)?;
+                if done > 0 {
+                    n += done;
+                    continue;
                 }
             }
             let si = self.gpr[6] & am;
@@ -130,6 +145,95 @@ impl Cpu {
             }
         }
         Ok(())
+    }
+
+    /// REP MOVS/STOS forward within one page of RAM for source and destination: processes
+    /// up to `limit` elements at once (returns how many; 0 = take the per-element path).
+    fn rep_fast_chunk(
+        &mut self,
+        io: &mut dyn Platform,
+        m: M,
+        size: usize,
+        am: u64,
+        src_seg: usize,
+        limit: u64,
+    ) -> R<u64> {
+        let is_movs = matches!(m, M::Movsb | M::Movsw | M::Movsd | M::Movsq);
+        let is_stos = matches!(m, M::Stosb | M::Stosw | M::Stosd | M::Stosq);
+        if !is_movs && !is_stos {
+            return Ok(0);
+        }
+        let _ = io;
+        let user = self.user();
+        let sz = size as u64;
+        let count = self.gpr[1] & am;
+        let di = self.gpr[7] & am;
+        let dst = self.seg_lin(ES, di);
+        let mut k = count.min(limit).min((4096 - (dst & 0xfff)) / sz).min((am - di) / sz + 1);
+        let si = self.gpr[6] & am;
+        let src = self.seg_lin(src_seg, si);
+        if is_movs {
+            k = k.min((4096 - (src & 0xfff)) / sz).min((am - si) / sz + 1);
+        }
+        if k == 0 {
+            return Ok(0);
+        }
+        let bytes = (k * sz) as usize;
+        let src_host = if is_movs {
+            let se = self.translate(src, crate::tlb::Access::Read, user)?;
+            if se.host.is_null() {
+                return Ok(0);
+            }
+            // SAFETY: src & 0xfff + bytes <= 4096 by the choice of k.
+            Some(unsafe { se.host.add((src & 0xfff) as usize) })
+        } else {
+            None
+        };
+        let de = self.translate(dst, crate::tlb::Access::Write, user)?;
+        if de.host.is_null() {
+            return Ok(0);
+        }
+        // SAFETY: dst & 0xfff + bytes <= 4096 by the choice of k.
+        let d = unsafe { de.host.add((dst & 0xfff) as usize) };
+        match src_host {
+            Some(s) => {
+                let (sa, da) = (s as usize, d as usize);
+                if da > sa && da < sa + bytes {
+                    // Overlapping forward copy: must replicate element by element.
+                    for i in 0..k as usize {
+                        // SAFETY: both element addresses are inside their pages.
+                        unsafe {
+                            let v = crate::memory::load(s.add(i * size), size);
+                            crate::memory::store(d.add(i * size), size, v);
+                        }
+                    }
+                } else {
+                    // SAFETY: both ranges lie inside RAM pages; memmove equals a forward
+                    // copy when the destination is below the source.
+                    unsafe { std::ptr::copy(s, d, bytes) };
+                }
+                self.set_gpr_sized(6, asize_of(am), si.wrapping_add(k * sz));
+            }
+            None => {
+                let v = self.gpr[0] & mask(size);
+                if size == 1 {
+                    // SAFETY: `bytes` bytes at d are inside one RAM page.
+                    unsafe { std::ptr::write_bytes(d, v as u8, bytes) };
+                } else {
+                    for i in 0..k as usize {
+                        // SAFETY: each element is inside the page.
+                        unsafe { crate::memory::store(d.add(i * size), size, v) };
+                    }
+                }
+            }
+        }
+        if self.ram.versions().note_write_page(de.vidx) {
+            self.block_end = true;
+        }
+        let asz = asize_of(am);
+        self.set_gpr_sized(7, asz, di.wrapping_add(k * sz));
+        self.set_gpr_sized(1, asz, count - k);
+        Ok(k)
     }
 
     pub(crate) fn check_io_privilege(&self) -> R<()> {

@@ -90,9 +90,8 @@ impl KvmVcpu {
 
     /// The saved MSRs KVM supports here; one that fails to read is left out.
     fn get_msrs(&self) -> Result<Vec<(u32, u64)>, Error> {
-        let mut wanted: Vec<u32> = msrs::STATE_MSRS
-            .iter()
-            .copied()
+        let mut wanted: Vec<u32> = msrs::state_msrs()
+            .into_iter()
             .filter(|i| self.msr_index.contains(i))
             .collect();
         let mut out = Vec::new();

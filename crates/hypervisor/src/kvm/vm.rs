@@ -10,7 +10,7 @@ use kvm_ioctls::VmFd;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress};
 
 use super::vcpu::{write_msrs, KvmVcpu};
-use super::{cpuid, kick, kvm_err, lapic, msrs, state};
+use super::{cpuid, kick, kvm_err, lapic, state};
 use crate::{EngineKind, Error, Vcpu, Vm};
 use devices::InterruptSink;
 
@@ -112,8 +112,12 @@ impl KvmVm {
             .create_vcpu(u64::from(id))
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
 
-        let mut entries = self.supported_cpuid.clone();
-        cpuid::adjust(&mut entries, id, u32::from(self.cpus));
+        let entries = cpuid::for_vcpu(
+            &self.supported_cpuid,
+            id,
+            u32::from(self.cpus),
+            &cpuid::policy(self.pvm),
+        );
         let cpuid = CpuId::from_entries(&entries)
             .map_err(|e| Error::InvalidState(format!("CPUID table: {e:?}")))?;
         fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
@@ -123,7 +127,7 @@ impl KvmVm {
         fd.set_lapic(&lapic_state)
             .map_err(kvm_err("KVM_SET_LAPIC"))?;
 
-        let boot: Vec<(u32, u64)> = msrs::boot_msrs()
+        let boot: Vec<(u32, u64)> = arch::msr::boot_msrs()
             .into_iter()
             .filter(|(index, _)| self.msr_index.contains(index))
             .collect();

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// Whether /dev/kvm can be opened; prints why a test skips when not.
+#[allow(dead_code)] // used by some test binaries only
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -52,7 +53,16 @@ pub fn wirt_run(kernel: &Path, args: &[&str]) -> Run {
     run_with_timeout(cmd, std::time::Duration::from_secs(120))
 }
 
+/// Runs `wirt run` on `kernel` with extra arguments and a custom time limit.
+#[allow(dead_code)] // not every test binary boots long-running guests
+pub fn wirt_run_for(kernel: &Path, args: &[&str], limit: std::time::Duration) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirt"));
+    cmd.arg("run").arg("--kernel").arg(kernel).args(args);
+    run_with_timeout(cmd, limit)
+}
+
 /// Runs `wirt` with arbitrary arguments.
+#[allow(dead_code)]
 pub fn wirt(args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirt"));
     cmd.args(args);
