@@ -31,13 +31,17 @@ impl Platform for Null {
 }
 
 fn main() {
-    let iters: u32 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20_000_000);
+    let iters: u32 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000_000);
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 4 << 20)]).unwrap();
     // Identity map 1 GiB with 2 MiB pages: PML4 0x1000, PDPT 0x2000, PD 0x3000.
     mem.write_obj(0x2003u64, GuestAddress(0x1000)).unwrap();
     mem.write_obj(0x3003u64, GuestAddress(0x2000)).unwrap();
     for i in 0..512u64 {
-        mem.write_obj((i << 21) | 0x83, GuestAddress(0x3000 + i * 8)).unwrap();
+        mem.write_obj((i << 21) | 0x83, GuestAddress(0x3000 + i * 8))
+            .unwrap();
     }
     // loop: add rax, rcx; xor rdx, rax; mov [rsp-8], rdx; mov rbx, [rsp-8];
     //       lea rsi, [rbx+rax*2]; dec ecx; jnz loop; hlt
@@ -88,5 +92,8 @@ fn main() {
     }
     let secs = start.elapsed().as_secs_f64();
     let n = cpu.instructions();
-    println!("{n} instructions in {secs:.3} s: {:.1} MIPS", n as f64 / secs / 1e6);
+    println!(
+        "{n} instructions in {secs:.3} s: {:.1} MIPS",
+        n as f64 / secs / 1e6
+    );
 }

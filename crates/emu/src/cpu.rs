@@ -6,7 +6,7 @@ use iced_x86::Register;
 use vm_memory::GuestMemoryMmap;
 
 use crate::decode_cache::BlockCache;
-use crate::exceptions::{Fault, R};
+use crate::exceptions::Fault;
 use crate::flags::{self, Flags};
 use crate::memory::GuestRam;
 use crate::msr::Msrs;
@@ -82,7 +82,8 @@ pub struct Cpu {
     pub(crate) next_rip: u64,
     /// Leave the current block after this instruction (mode change, SMC, interrupt window).
     pub(crate) block_end: bool,
-    pub(crate) exit: Option<Exit>,
+    /// Set by a triple fault; `run` keeps returning `Exit::Shutdown` until `set_regs`.
+    pub(crate) shutdown: bool,
     pub(crate) logged_ud: HashSet<u64>,
 }
 
@@ -122,7 +123,7 @@ impl Cpu {
             icount: 0,
             next_rip: 0,
             block_end: false,
-            exit: None,
+            shutdown: false,
             logged_ud: HashSet::new(),
         };
         cpu.set_regs(&CpuRegs::reset());
@@ -142,6 +143,35 @@ impl Cpu {
     /// Whether the vCPU is waiting in HLT.
     pub fn is_halted(&self) -> bool {
         self.halted
+    }
+
+    /// Sets the initial APIC ID CPUID reports (leaf 1 `EBX[31:24]`); default 0.
+    pub fn set_apic_id(&mut self, id: u8) {
+        self.msr.apic_id = id as u32;
+        if id != 0 {
+            // Only the bootstrap processor has the BSP flag in IA32_APIC_BASE.
+            self.msr.apic_base &= !(1 << 8);
+        }
+    }
+
+    /// Offset added to `Platform::tsc()` to form the guest TSC (save/restore it with the
+    /// register state; a guest write to IA32_TSC changes it).
+    pub fn tsc_offset(&self) -> u64 {
+        self.msr.tsc_offset
+    }
+
+    pub fn set_tsc_offset(&mut self, offset: u64) {
+        self.msr.tsc_offset = offset;
+    }
+
+    /// The state an application processor starts in after INIT + SIPI with `vector`
+    /// (real mode at `vector * 4096`).
+    pub fn sipi_state(vector: u8) -> CpuRegs {
+        let mut r = CpuRegs::reset();
+        r.cs.selector = (vector as u16) << 8;
+        r.cs.base = (vector as u64) << 12;
+        r.rip = 0;
+        r
     }
 
     /// Saves the register state.
@@ -194,6 +224,7 @@ impl Cpu {
         self.fpu = r.fpu.clone();
         self.halted = r.halted;
         self.shadow = false;
+        self.shutdown = false;
         self.cpl = if self.cr0 & CR0_PE != 0 {
             self.seg[CS].dpl & 3
         } else {
@@ -231,8 +262,8 @@ impl Cpu {
     pub fn run(&mut self, io: &mut dyn Platform, budget: u64) -> Exit {
         let target = self.icount.saturating_add(budget);
         loop {
-            if let Some(e) = self.exit.take() {
-                return e;
+            if self.shutdown {
+                return Exit::Shutdown;
             }
             if !self.shadow && self.flags.bits & flags::IF != 0 && io.interrupt_pending() {
                 if let Some(vector) = io.acknowledge_interrupt() {
@@ -243,19 +274,20 @@ impl Cpu {
                     continue;
                 }
             }
-            self.shadow = false;
+            // In an interrupt shadow only one instruction runs before the next check.
+            let single = std::mem::take(&mut self.shadow);
             if self.halted {
                 return Exit::Halted;
             }
             if self.icount >= target {
                 return Exit::BudgetExhausted;
             }
-            self.run_block(io);
+            self.run_block(io, single);
         }
     }
 
-    fn run_block(&mut self, io: &mut dyn Platform) {
-        let block = match self.fetch_block(io) {
+    fn run_block(&mut self, io: &mut dyn Platform, single: bool) {
+        let (block, key) = match self.fetch_block(io) {
             Ok(b) => b,
             Err(f) => {
                 self.handle_fault(io, f);
@@ -278,13 +310,16 @@ impl Cpu {
                     self.icount += 1;
                     self.handle_fault(io, f);
                     self.block_end = false;
-                    return;
+                    break;
                 }
             }
-            if self.block_end {
+            if self.block_end || single {
                 self.block_end = false;
-                return;
+                break;
             }
+        }
+        if let Some(key) = key {
+            self.cache.put_back(key, block);
         }
     }
 
@@ -297,12 +332,12 @@ impl Cpu {
             return;
         };
         if f.vector == crate::exceptions::DF || f2.vector == crate::exceptions::DF {
-            self.exit = Some(Exit::Shutdown);
+            self.shutdown = true;
             return;
         }
         let df = Fault::with_code(crate::exceptions::DF, 0);
         if self.deliver_exception(io, df, rip).is_err() {
-            self.exit = Some(Exit::Shutdown);
+            self.shutdown = true;
         }
     }
 
@@ -338,12 +373,6 @@ impl Cpu {
         }
     }
 
-    /// Reads a register of `size` bytes by number (0 = rAX ...); size 1 means the low byte.
-    #[inline(always)]
-    pub(crate) fn gpr_sized(&self, n: usize, size: usize) -> u64 {
-        self.gpr[n] & flags::mask(size)
-    }
-
     #[inline(always)]
     pub(crate) fn set_gpr_sized(&mut self, n: usize, size: usize, v: u64) {
         self.gpr[n] = match size {
@@ -362,7 +391,7 @@ impl Cpu {
             for (i, b) in bytes.iter_mut().enumerate().take(n) {
                 *b = self.peek_code_byte(lin.wrapping_add(i as u64)).unwrap_or(0);
             }
-            eprintln!(
+            tracing::warn!(
                 "emu: #UD at rip {:#x} ({:?}, {} bit): bytes {:02x?}",
                 self.rip,
                 ins.code(),

@@ -52,9 +52,10 @@ pub fn cpuid_for(apic_id: u32, leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
         }
         0x8000_0001 => {
             let ecx = 1; // LAHF/SAHF in 64-bit mode
-            // AMD mirrors the leaf-1 basics here; plus SYSCALL, NX, 1G pages, RDTSCP, LM.
+                         // AMD mirrors the leaf-1 basics here; plus SYSCALL, NX, 1G pages, RDTSCP, LM.
             let (_, _, _, base) = cpuid_for(apic_id, 1, 0);
-            let edx = (base & 0x0183_f3ff) | (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
+            let edx =
+                (base & 0x0183_f3ff) | (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
             (0x0006_0fb1, 0, ecx, edx)
         }
         0x8000_0002..=0x8000_0004 => {
@@ -72,7 +73,30 @@ pub fn cpuid_for(apic_id: u32, leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
     }
 }
 
-/// CPUID for vCPU 0 (tests).
-pub fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
-    cpuid_for(0, leaf, sub)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertises_baseline_without_xsave() {
+        let (_, ebx, ecx, edx) = cpuid_for(3, 1, 0);
+        assert_eq!(ebx >> 24, 3, "initial APIC ID");
+        assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
+        assert_eq!(ecx & (1 << 26), 0, "no XSAVE");
+        assert_eq!(ecx & (1 << 28), 0, "no AVX");
+        for bit in [0, 4, 5, 6, 8, 9, 13, 15, 24, 25, 26] {
+            assert_ne!(edx & (1 << bit), 0, "leaf 1 EDX bit {bit}");
+        }
+        let (_, _, _, edx) = cpuid_for(0, 0x8000_0001, 0);
+        assert_ne!(edx & (1 << 29), 0, "long mode");
+        assert_ne!(edx & (1 << 20), 0, "NX");
+        let (max, b, c, d) = cpuid_for(0, 0x4000_0000, 0);
+        assert_eq!(max, 0x4000_0000);
+        let mut sig = Vec::new();
+        for r in [b, c, d] {
+            sig.extend_from_slice(&r.to_le_bytes());
+        }
+        assert_eq!(&sig, b"wirtwirtwirt");
+        assert_eq!(cpuid_for(0, 7, 0), (0, 0, 0, 0), "no leaf-7 features");
+    }
 }

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
 
 use crate::cpu::{Cpu, CS};
-use crate::exec::fast::{classify, Kind};
 use crate::exceptions::R;
+use crate::exec::fast::{classify, Kind};
 use crate::platform::Platform;
 use crate::tlb::Access;
 
@@ -51,14 +51,40 @@ impl Hasher for KeyHasher {
     }
 }
 
-#[derive(Default)]
+const FRONT: usize = 4096;
+
 pub struct BlockCache {
     map: HashMap<u64, Arc<Block>, BuildHasherDefault<KeyHasher>>,
+    /// Direct-mapped front of `map` keyed by linear address: most lookups end here.
+    front: Vec<Option<(u64, Arc<Block>)>>,
+}
+
+impl Default for BlockCache {
+    fn default() -> Self {
+        BlockCache {
+            map: HashMap::default(),
+            front: vec![None; FRONT],
+        }
+    }
 }
 
 impl BlockCache {
+    /// Puts a block taken by `fetch_block` back into the front cache.
+    pub(crate) fn put_back(&mut self, key: u64, block: Arc<Block>) {
+        let slot = Self::slot(key);
+        if self.front[slot].is_none() {
+            self.front[slot] = Some((key, block));
+        }
+    }
+
     pub fn clear(&mut self) {
         self.map.clear();
+        self.front.iter_mut().for_each(|e| *e = None);
+    }
+
+    #[inline(always)]
+    pub(crate) fn slot(lin: u64) -> usize {
+        ((lin ^ (lin >> 12)) as usize) & (FRONT - 1)
     }
 }
 
@@ -98,21 +124,32 @@ fn ends_block(ins: &Instruction) -> bool {
 
 impl Cpu {
     /// The block at CS:RIP, from the cache or freshly decoded.
-    pub(crate) fn fetch_block(&mut self, io: &mut dyn Platform) -> R<Arc<Block>> {
+    /// Returns the block and, if it should go back into the front cache after running (it
+    /// is moved out while it runs, which saves reference counting), its key.
+    pub(crate) fn fetch_block(&mut self, io: &mut dyn Platform) -> R<(Arc<Block>, Option<u64>)> {
         let cs_base = if self.long64() { 0 } else { self.seg[CS].base };
         let mut lin = cs_base.wrapping_add(self.rip);
         if !self.long64() {
             lin &= 0xffff_ffff;
         }
         let e = self.translate(lin, Access::Exec, self.user())?;
-        if let Some(b) = self.cache.map.get(&lin) {
-            if b.rip == self.rip
+        let valid = |cpu: &Cpu, b: &Block| {
+            b.rip == cpu.rip
                 && b.cs_base == cs_base
-                && b.bitness == self.bitness
+                && b.bitness == cpu.bitness
                 && b.phys == e.phys
-                && self.ram.versions().current(b.vidx) == b.version
-            {
-                return Ok(b.clone());
+                && cpu.ram.versions().current(b.vidx) == b.version
+        };
+        let slot = BlockCache::slot(lin);
+        if let Some((key, b)) = self.cache.front[slot].take() {
+            if key == lin && valid(self, &b) {
+                return Ok((b, Some(key)));
+            }
+            // Stale or colliding: dropped; the block about to run takes the slot.
+        }
+        if let Some(b) = self.cache.map.get(&lin) {
+            if valid(self, b) {
+                return Ok((b.clone(), Some(lin)));
             }
         }
         let off = (lin & 0xfff) as usize;
@@ -153,10 +190,10 @@ impl Cpu {
                     version,
                 });
                 if self.cache.map.len() >= MAX_BLOCKS {
-                    self.cache.map.clear();
+                    self.cache.clear();
                 }
                 self.cache.map.insert(lin, block.clone());
-                return Ok(block);
+                return Ok((block, Some(lin)));
             }
         }
         // Slow path: an instruction crossing a page boundary, or code outside RAM.
@@ -173,16 +210,19 @@ impl Cpu {
             let mut dec = Decoder::with_ip(self.bitness, &buf, self.rip, DecoderOptions::NONE);
             ins = dec.decode();
         }
-        Ok(Arc::new(Block {
-            kinds: vec![classify(&ins, self.bitness)],
-            instrs: vec![ins],
-            rip: self.rip,
-            cs_base,
-            bitness: self.bitness,
-            phys: e.phys,
-            vidx: usize::MAX,
-            version: 0,
-        }))
+        Ok((
+            Arc::new(Block {
+                kinds: vec![classify(&ins, self.bitness)],
+                instrs: vec![ins],
+                rip: self.rip,
+                cs_base,
+                bitness: self.bitness,
+                phys: e.phys,
+                vidx: usize::MAX,
+                version: 0,
+            }),
+            None,
+        ))
     }
 
     fn read_code(&mut self, io: &mut dyn Platform, lin: u64, out: &mut [u8]) -> R<()> {
@@ -194,7 +234,9 @@ impl Cpu {
             let off = (a & 0xfff) as usize;
             let n = (4096 - off).min(out.len() - done);
             if e.host.is_null() {
-                io.mmio_read(e.phys + off as u64, &mut out[done..done + n]);
+                for (i, c) in out[done..done + n].chunks_mut(8).enumerate() {
+                    io.mmio_read(e.phys + (off + i * 8) as u64, c);
+                }
             } else {
                 // SAFETY: off + n <= 4096 within a RAM page.
                 unsafe {

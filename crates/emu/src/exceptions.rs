@@ -13,9 +13,6 @@ pub const NP: u8 = 11;
 pub const SS: u8 = 12;
 pub const GP: u8 = 13;
 pub const PF: u8 = 14;
-pub const MF: u8 = 16;
-pub const AC: u8 = 17;
-pub const XM: u8 = 19;
 
 /// A pending exception: vector and optional error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -402,7 +402,7 @@ impl Cpu {
     pub(crate) fn unimplemented_msg(&mut self, what: &str) -> Fault {
         let lin = self.seg[CS].base.wrapping_add(self.rip);
         if self.logged_ud.len() < 4096 && self.logged_ud.insert(lin ^ 0x8000_0000_0000_0000) {
-            eprintln!(
+            tracing::warn!(
                 "emu: unsupported {what} at rip {:#x}; raising #UD",
                 self.rip
             );

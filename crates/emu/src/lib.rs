@@ -9,7 +9,10 @@
 //!   vCPUs; a write to a page that holds decoded code bumps it, so self-modifying code and
 //!   the kernel's alternatives/jump-label patching (also from another vCPU) take effect.
 //! - **Interpreter** (`exec/`): one function per instruction group, working on iced's
-//!   operand description; arithmetic flags are lazy (`flags.rs`).
+//!   operand description; arithmetic flags are lazy (`flags.rs`). The most frequent forms
+//!   (mov/alu/jcc/call/ret/push/pop/lea with 32/64-bit registers) are classified once per
+//!   decoded block and run through specialised fast paths (`exec/fast.rs`); REP MOVS/STOS
+//!   copy page-sized chunks at once.
 //! - **MMU** (`mmu.rs`, `tlb.rs`): 32-bit, PAE and 4-level page walks with A/D bits, NX,
 //!   U/S, R/W+WP, global and large pages; a direct-mapped software TLB holds host pointers
 //!   so most accesses are a probe plus a host load/store. Every guest-physical access is
@@ -22,6 +25,19 @@
 //!
 //! Why hand-written: iced-x86 decodes but does not execute, and no maintained Rust crate
 //! executes x86-64 system code (paging, privilege changes, interrupts) at this level.
+//!
+//! # Use
+//!
+//! One `GuestRam` per VM (`GuestRam::new(&mem)`), one `Cpu::with_ram(ram.clone())` per
+//! vCPU thread, `Cpu::set_regs` to load a state, then `Cpu::run(&mut platform, budget)` in
+//! a loop: `Exit::BudgetExhausted` (poll timers/stop requests and call again),
+//! `Exit::Halted` (sleep until an interrupt may be pending), `Exit::Shutdown` (triple
+//! fault). Device DMA into guest memory must be reported with
+//! `GuestRam::note_external_write` so cached code on those pages is dropped.
+//!
+//! Correctness: `tests/diff.rs` runs every integer, SSE/SSE2 and string instruction form
+//! against the host CPU; `tests/system.rs` runs small guest programs for the system parts.
+//! `examples/mips.rs` prints the speed; `examples/boot.rs` boots a Linux bzImage.
 
 mod cpu;
 mod cpuid;

@@ -212,7 +212,8 @@ impl GuestRam {
     }
 }
 
-/// Loads `size` (1, 2, 4 or 8) bytes little-endian from a host pointer.
+/// Loads `size` (1, 2, 4 or 8) bytes little-endian from a host pointer (other sizes read
+/// nothing and give 0).
 ///
 /// # Safety
 /// `p..p+size` must be inside a live guest RAM mapping.
@@ -222,7 +223,8 @@ pub(crate) unsafe fn load(p: *const u8, size: usize) -> u64 {
         1 => *p as u64,
         2 => (p as *const u16).read_unaligned() as u64,
         4 => (p as *const u32).read_unaligned() as u64,
-        _ => (p as *const u64).read_unaligned(),
+        8 => (p as *const u64).read_unaligned(),
+        _ => 0,
     }
 }
 
@@ -236,7 +238,8 @@ pub(crate) unsafe fn store(p: *mut u8, size: usize, v: u64) {
         1 => *p = v as u8,
         2 => (p as *mut u16).write_unaligned(v as u16),
         4 => (p as *mut u32).write_unaligned(v as u32),
-        _ => (p as *mut u64).write_unaligned(v),
+        8 => (p as *mut u64).write_unaligned(v),
+        _ => {}
     }
 }
 
@@ -273,7 +276,7 @@ pub(crate) unsafe fn atomic_rmw(
             }
         }};
     }
-    let aligned = (p as usize) % size == 0;
+    let aligned = matches!(size, 1 | 2 | 4 | 8) && (p as usize).is_multiple_of(size);
     if aligned {
         match size {
             1 => cas_loop!(std::sync::atomic::AtomicU8, u8),

@@ -63,7 +63,7 @@ impl Cpu {
         let page = lin & !0xfff;
         if self.cr0 & CR0_PG == 0 {
             let phys = page & 0xffff_ffff_ffff_f000;
-            let e = self.make_entry(page, phys, 0xff & !P_GLOBAL, !0xfff);
+            let e = self.make_entry(page, phys, !P_GLOBAL, !0xfff);
             return Ok(e);
         }
         let long = self.efer & EFER_LMA != 0;
@@ -179,7 +179,7 @@ impl Cpu {
         let wp = self.cr0 & CR0_WP != 0;
         let viol = match acc {
             Access::Read => user && !usr,
-            Access::Write => (user && (!usr || !writable)) || (!user && !writable && wp),
+            Access::Write => !writable && (user || wp) || (user && !usr),
             Access::Exec => nx || (user && !usr),
         };
         if viol {
@@ -239,7 +239,8 @@ impl Cpu {
         user: bool,
     ) -> R<u64> {
         let off = (lin & 0xfff) as usize;
-        if off + size <= PAGE_SIZE as usize {
+        let size = size.min(8);
+        if off + size <= PAGE_SIZE as usize && matches!(size, 1 | 2 | 4 | 8) {
             let e = self.translate(lin, Access::Read, user)?;
             if !e.host.is_null() {
                 // SAFETY: off + size <= 4096 and host points at a whole page of RAM.
@@ -266,7 +267,8 @@ impl Cpu {
         user: bool,
     ) -> R<()> {
         let off = (lin & 0xfff) as usize;
-        if off + size <= PAGE_SIZE as usize {
+        let size = size.min(8);
+        if off + size <= PAGE_SIZE as usize && matches!(size, 1 | 2 | 4 | 8) {
             let e = self.translate(lin, Access::Write, user)?;
             if !e.host.is_null() {
                 // SAFETY: off + size <= 4096 and host points at a whole page of RAM.
@@ -303,7 +305,10 @@ impl Cpu {
         for (e, a, n, at) in pages {
             let off = (a & 0xfff) as usize;
             if e.host.is_null() {
-                io.mmio_read(e.phys + off as u64, &mut out[at..at + n]);
+                // MMIO accesses are at most 8 bytes each.
+                for (i, c) in out[at..at + n].chunks_mut(8).enumerate() {
+                    io.mmio_read(e.phys + (off + i * 8) as u64, c);
+                }
             } else {
                 // SAFETY: off + n <= 4096 within one RAM page.
                 unsafe {
@@ -333,7 +338,9 @@ impl Cpu {
         for (e, a, n, at) in pages {
             let off = (a & 0xfff) as usize;
             if e.host.is_null() {
-                io.mmio_write(e.phys + off as u64, &data[at..at + n]);
+                for (i, c) in data[at..at + n].chunks(8).enumerate() {
+                    io.mmio_write(e.phys + (off + i * 8) as u64, c);
+                }
             } else {
                 // SAFETY: off + n <= 4096 within one RAM page.
                 unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), e.host.add(off), n) };
@@ -357,7 +364,8 @@ impl Cpu {
         mut f: impl FnMut(u64) -> Option<u64>,
     ) -> R<u64> {
         let off = (lin & 0xfff) as usize;
-        if off + size <= PAGE_SIZE as usize {
+        let size = size.clamp(1, 8);
+        if off + size <= PAGE_SIZE as usize && matches!(size, 1 | 2 | 4 | 8) {
             let e = self.translate(lin, Access::Write, user)?;
             if !e.host.is_null() {
                 // SAFETY: off + size <= 4096 within one RAM page.

@@ -37,6 +37,10 @@ pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
 pub const TSC_AUX: u32 = 0xc000_0103;
 /// AMD hardware configuration register (read as 0, writes ignored).
 pub const HWCR: u32 = 0xc001_0015;
+/// AMD system configuration (MTRR fixed-range DRAM bits); read as 0, writes ignored.
+pub const SYSCFG: u32 = 0xc001_0010;
+/// AMD interrupt-pending message register (read by the E400 idle routine); reads 0.
+pub const INT_PENDING_MSG: u32 = 0xc001_0055;
 
 fn is_mtrr(i: u32) -> bool {
     matches!(i, 0x200..=0x20f | 0x250 | 0x258 | 0x259 | 0x268..=0x26f | MTRR_DEF_TYPE)
@@ -148,7 +152,7 @@ impl Cpu {
         Ok(match i {
             TSC => io.tsc().wrapping_add(m.tsc_offset),
             TSC_AUX => m.tsc_aux,
-            PLATFORM_ID | UCODE_REV | MCG_CAP | MCG_STATUS | HWCR => 0,
+            PLATFORM_ID | UCODE_REV | MCG_CAP | MCG_STATUS | HWCR | SYSCFG | INT_PENDING_MSG => 0,
             MTRR_DEF_TYPE => m.mtrr.get(&i).copied().unwrap_or(0x806),
             APIC_BASE => m.apic_base,
             TSC_DEADLINE => m.tsc_deadline,
@@ -175,7 +179,7 @@ impl Cpu {
         match i {
             TSC => self.msr.tsc_offset = v.wrapping_sub(io.tsc()),
             TSC_AUX => self.msr.tsc_aux = v & 0xffff_ffff,
-            UCODE_REV | HWCR => {}
+            UCODE_REV | HWCR | SYSCFG | INT_PENDING_MSG => {}
             APIC_BASE => {
                 self.msr.apic_base = v;
                 io.apic_base_written(v);

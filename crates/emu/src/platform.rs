@@ -7,9 +7,10 @@ pub trait Platform {
     fn pio_read(&mut self, port: u16, data: &mut [u8]);
     /// Port output; `data.len()` is 1, 2 or 4.
     fn pio_write(&mut self, port: u16, data: &[u8]);
-    /// Read from a guest-physical address outside RAM.
+    /// Read from a guest-physical address outside RAM; `data.len()` is 1..=8 (wider
+    /// guest accesses are split into 8-byte pieces, page-crossing ones at the boundary).
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]);
-    /// Write to a guest-physical address outside RAM.
+    /// Write to a guest-physical address outside RAM; `data.len()` is 1..=8.
     fn mmio_write(&mut self, gpa: u64, data: &[u8]);
     /// Whether the INTR line is asserted (LAPIC or PIC has a deliverable interrupt). Called
     /// at block boundaries while RFLAGS.IF=1, so it must be cheap.

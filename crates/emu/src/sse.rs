@@ -18,24 +18,162 @@ pub fn handles(m: M) -> bool {
     use M::*;
     matches!(
         m,
-        Movdqa | Movdqu | Movaps | Movups | Movapd | Movupd | Lddqu | Movntdq | Movntps | Movntpd
-            | Movnti | Movq | Movd | Movss | Movhpd | Movhps | Movlpd | Movlps | Movhlps | Movlhps
-            | Movmskpd | Movmskps | Pmovmskb | Pxor | Xorps | Xorpd | Por | Orps | Orpd | Pand
-            | Andps | Andpd | Pandn | Andnps | Andnpd | Paddb | Paddw | Paddd | Paddq | Psubb
-            | Psubw | Psubd | Psubq | Paddusb | Paddusw | Psubusb | Psubusw | Paddsb | Paddsw
-            | Psubsb | Psubsw | Pcmpeqb | Pcmpeqw | Pcmpeqd | Pcmpgtb | Pcmpgtw | Pcmpgtd
-            | Pminub | Pmaxub | Pminsw | Pmaxsw | Pavgb | Pavgw | Pmullw | Pmulhw | Pmulhuw
-            | Pmuludq | Pmaddwd | Psadbw | Psllw | Pslld | Psllq | Psrlw | Psrld | Psrlq | Psraw
-            | Psrad | Pslldq | Psrldq | Punpcklbw | Punpcklwd | Punpckldq | Punpcklqdq
-            | Punpckhbw | Punpckhwd | Punpckhdq | Punpckhqdq | Packsswb | Packssdw | Packuswb
-            | Pshufd | Pshuflw | Pshufhw | Shufps | Shufpd | Unpcklps | Unpckhps | Unpcklpd
-            | Unpckhpd | Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd | Addss | Subss
-            | Mulss | Divss | Minss | Maxss | Sqrtss | Addpd | Subpd | Mulpd | Divpd | Minpd
-            | Maxpd | Sqrtpd | Addps | Subps | Mulps | Divps | Minps | Maxps | Sqrtps | Comisd
-            | Ucomisd | Comiss | Ucomiss | Cmpss | Cmppd | Cmpps | Cvtsi2sd | Cvtsi2ss
-            | Cvttsd2si | Cvtsd2si | Cvttss2si | Cvtss2si | Cvtsd2ss | Cvtss2sd | Cvtdq2pd
-            | Cvtdq2ps | Cvttps2dq | Cvtps2dq | Cvtps2pd | Cvtpd2ps | Cvttpd2dq | Cvtpd2dq
-            | Ldmxcsr | Stmxcsr | Pextrw | Pinsrw | Movsd | Cmpsd
+        Movdqa
+            | Movdqu
+            | Movaps
+            | Movups
+            | Movapd
+            | Movupd
+            | Lddqu
+            | Movntdq
+            | Movntps
+            | Movntpd
+            | Movnti
+            | Movq
+            | Movd
+            | Movss
+            | Movhpd
+            | Movhps
+            | Movlpd
+            | Movlps
+            | Movhlps
+            | Movlhps
+            | Movmskpd
+            | Movmskps
+            | Pmovmskb
+            | Pxor
+            | Xorps
+            | Xorpd
+            | Por
+            | Orps
+            | Orpd
+            | Pand
+            | Andps
+            | Andpd
+            | Pandn
+            | Andnps
+            | Andnpd
+            | Paddb
+            | Paddw
+            | Paddd
+            | Paddq
+            | Psubb
+            | Psubw
+            | Psubd
+            | Psubq
+            | Paddusb
+            | Paddusw
+            | Psubusb
+            | Psubusw
+            | Paddsb
+            | Paddsw
+            | Psubsb
+            | Psubsw
+            | Pcmpeqb
+            | Pcmpeqw
+            | Pcmpeqd
+            | Pcmpgtb
+            | Pcmpgtw
+            | Pcmpgtd
+            | Pminub
+            | Pmaxub
+            | Pminsw
+            | Pmaxsw
+            | Pavgb
+            | Pavgw
+            | Pmullw
+            | Pmulhw
+            | Pmulhuw
+            | Pmuludq
+            | Pmaddwd
+            | Psadbw
+            | Psllw
+            | Pslld
+            | Psllq
+            | Psrlw
+            | Psrld
+            | Psrlq
+            | Psraw
+            | Psrad
+            | Pslldq
+            | Psrldq
+            | Punpcklbw
+            | Punpcklwd
+            | Punpckldq
+            | Punpcklqdq
+            | Punpckhbw
+            | Punpckhwd
+            | Punpckhdq
+            | Punpckhqdq
+            | Packsswb
+            | Packssdw
+            | Packuswb
+            | Pshufd
+            | Pshuflw
+            | Pshufhw
+            | Shufps
+            | Shufpd
+            | Unpcklps
+            | Unpckhps
+            | Unpcklpd
+            | Unpckhpd
+            | Addsd
+            | Subsd
+            | Mulsd
+            | Divsd
+            | Minsd
+            | Maxsd
+            | Sqrtsd
+            | Addss
+            | Subss
+            | Mulss
+            | Divss
+            | Minss
+            | Maxss
+            | Sqrtss
+            | Addpd
+            | Subpd
+            | Mulpd
+            | Divpd
+            | Minpd
+            | Maxpd
+            | Sqrtpd
+            | Addps
+            | Subps
+            | Mulps
+            | Divps
+            | Minps
+            | Maxps
+            | Sqrtps
+            | Comisd
+            | Ucomisd
+            | Comiss
+            | Ucomiss
+            | Cmpss
+            | Cmppd
+            | Cmpps
+            | Cvtsi2sd
+            | Cvtsi2ss
+            | Cvttsd2si
+            | Cvtsd2si
+            | Cvttss2si
+            | Cvtss2si
+            | Cvtsd2ss
+            | Cvtss2sd
+            | Cvtdq2pd
+            | Cvtdq2ps
+            | Cvttps2dq
+            | Cvtps2dq
+            | Cvtps2pd
+            | Cvtpd2ps
+            | Cvttpd2dq
+            | Cvtpd2dq
+            | Ldmxcsr
+            | Stmxcsr
+            | Pextrw
+            | Pinsrw
+            | Movsd
+            | Cmpsd
     )
 }
 
@@ -61,10 +199,14 @@ fn from_b(a: [u8; 16]) -> u128 {
     u128::from_le_bytes(a)
 }
 fn from_w(a: [u16; 8]) -> u128 {
-    a.iter().enumerate().fold(0, |acc, (i, x)| acc | (*x as u128) << (16 * i))
+    a.iter()
+        .enumerate()
+        .fold(0, |acc, (i, x)| acc | (*x as u128) << (16 * i))
 }
 fn from_d(a: [u32; 4]) -> u128 {
-    a.iter().enumerate().fold(0, |acc, (i, x)| acc | (*x as u128) << (32 * i))
+    a.iter()
+        .enumerate()
+        .fold(0, |acc, (i, x)| acc | (*x as u128) << (32 * i))
 }
 fn from_q(a: [u64; 2]) -> u128 {
     a[0] as u128 | (a[1] as u128) << 64
@@ -115,8 +257,8 @@ fn cmp_pred<T: PartialOrd>(a: T, b: T, p: u8) -> bool {
         2 => a <= b,
         3 => unord,
         4 => a != b || unord,
-        5 => !(a < b),
-        6 => !(a <= b),
+        5 => a.partial_cmp(&b) != Some(std::cmp::Ordering::Less),
+        6 => matches!(a.partial_cmp(&b), Some(std::cmp::Ordering::Greater) | None),
         _ => !unord,
     }
 }
@@ -135,7 +277,10 @@ fn f2i(v: f64, bits: u32, rc: u32, truncate: bool) -> u64 {
         }
     };
     let (lo, hi) = if bits == 64 {
-        (-9_223_372_036_854_775_808.0f64, 9_223_372_036_854_775_808.0f64)
+        (
+            -9_223_372_036_854_775_808.0f64,
+            9_223_372_036_854_775_808.0f64,
+        )
     } else {
         (-2_147_483_648.0f64, 2_147_483_648.0f64)
     };
@@ -205,7 +350,10 @@ impl Cpu {
                 let lin = self.mem_lin(ins);
                 if size == 16
                     && lin & 15 != 0
-                    && matches!(ins.mnemonic(), M::Movdqa | M::Movaps | M::Movapd | M::Movntdq | M::Movntps | M::Movntpd)
+                    && matches!(
+                        ins.mnemonic(),
+                        M::Movdqa | M::Movaps | M::Movapd | M::Movntdq | M::Movntps | M::Movntpd
+                    )
                 {
                     return Err(gp0());
                 }
@@ -260,14 +408,22 @@ impl Cpu {
             }
             Movq | Movd => {
                 let v = self.xsrc(io, ins, 1)?;
-                let v = if m == Movd { v as u32 as u128 } else { v as u64 as u128 };
+                let v = if m == Movd {
+                    v as u32 as u128
+                } else {
+                    v as u64 as u128
+                };
                 if op0_mem || !ins.op0_register().is_xmm() {
                     return self.xdst(io, ins, v);
                 }
                 self.xdst(io, ins, v)
             }
             Movss | Movsd => {
-                let (w, mk): (u32, u128) = if m == Movss { (4, 0xffff_ffff) } else { (8, u64::MAX as u128) };
+                let (w, mk): (u32, u128) = if m == Movss {
+                    (4, 0xffff_ffff)
+                } else {
+                    (8, u64::MAX as u128)
+                };
                 let _ = w;
                 let src = self.xsrc(io, ins, 1)?;
                 if op0_mem {
@@ -312,7 +468,9 @@ impl Cpu {
                 let s = self.xsrc(io, ins, 1)?;
                 let v: u64 = match m {
                     Movmskpd => ((s >> 63) & 1 | (s >> 126) & 2) as u64,
-                    Movmskps => (0..4).map(|i| ((s >> (32 * i + 31)) & 1) << i).sum::<u128>() as u64,
+                    Movmskps => (0..4)
+                        .map(|i| ((s >> (32 * i + 31)) & 1) << i)
+                        .sum::<u128>() as u64,
                     _ => (0..16).map(|i| ((s >> (8 * i + 7)) & 1) << i).sum::<u128>() as u64,
                 };
                 let d = ins.op0_register();
@@ -344,11 +502,13 @@ impl Cpu {
         use M::*;
         let m = ins.mnemonic();
         // Shifts by immediate have the XMM register as operand 0 and an immediate.
-        if matches!(m, Psllw | Pslld | Psllq | Psrlw | Psrld | Psrlq | Psraw | Psrad | Pslldq | Psrldq) {
+        if matches!(
+            m,
+            Psllw | Pslld | Psllq | Psrlw | Psrld | Psrlq | Psraw | Psrad | Pslldq | Psrldq
+        ) {
             let a = self.xreg0(ins);
             let count = if ins.op1_kind() == OpKind::Register || ins.op1_kind() == OpKind::Memory {
-                let c = self.xsrc(io, ins, 1)? as u64;
-                c
+                self.xsrc(io, ins, 1)? as u64
             } else {
                 ins.immediate(1) & 0xff
             };
@@ -375,8 +535,20 @@ impl Cpu {
                         Psubusb => p.saturating_sub(q),
                         Paddsb => sat_i8(p as i8 as i32 + q as i8 as i32),
                         Psubsb => sat_i8(p as i8 as i32 - q as i8 as i32),
-                        Pcmpeqb => if p == q { 0xff } else { 0 },
-                        Pcmpgtb => if (p as i8) > (q as i8) { 0xff } else { 0 },
+                        Pcmpeqb => {
+                            if p == q {
+                                0xff
+                            } else {
+                                0
+                            }
+                        }
+                        Pcmpgtb => {
+                            if (p as i8) > (q as i8) {
+                                0xff
+                            } else {
+                                0
+                            }
+                        }
                         Pminub => p.min(q),
                         Pmaxub => p.max(q),
                         _ => ((p as u16 + q as u16 + 1) >> 1) as u8,
@@ -396,8 +568,20 @@ impl Cpu {
                         Psubusw => p.saturating_sub(q),
                         Paddsw => sat_i16(sp + sq),
                         Psubsw => sat_i16(sp - sq),
-                        Pcmpeqw => if p == q { 0xffff } else { 0 },
-                        Pcmpgtw => if sp > sq { 0xffff } else { 0 },
+                        Pcmpeqw => {
+                            if p == q {
+                                0xffff
+                            } else {
+                                0
+                            }
+                        }
+                        Pcmpgtw => {
+                            if sp > sq {
+                                0xffff
+                            } else {
+                                0
+                            }
+                        }
                         Pminsw => sp.min(sq) as u16,
                         Pmaxsw => sp.max(sq) as u16,
                         Pavgw => ((p as u32 + q as u32 + 1) >> 1) as u16,
@@ -414,8 +598,20 @@ impl Cpu {
                     match m {
                         Paddd => p.wrapping_add(q),
                         Psubd => p.wrapping_sub(q),
-                        Pcmpeqd => if p == q { u32::MAX } else { 0 },
-                        _ => if (p as i32) > (q as i32) { u32::MAX } else { 0 },
+                        Pcmpeqd => {
+                            if p == q {
+                                u32::MAX
+                            } else {
+                                0
+                            }
+                        }
+                        _ => {
+                            if (p as i32) > (q as i32) {
+                                u32::MAX
+                            } else {
+                                0
+                            }
+                        }
                     }
                 }))
             }
@@ -437,23 +633,49 @@ impl Cpu {
             }
             Psadbw => {
                 let (x, y) = (b16(a), b16(b));
-                let s = |h: usize| (0..8).map(|i| (x[h + i] as i32 - y[h + i] as i32).unsigned_abs() as u64).sum::<u64>();
+                let s = |h: usize| {
+                    (0..8)
+                        .map(|i| (x[h + i] as i32 - y[h + i] as i32).unsigned_abs() as u64)
+                        .sum::<u64>()
+                };
                 from_q([s(0), s(8)])
             }
             Punpcklbw | Punpckhbw => {
                 let h = if m == Punpckhbw { 8 } else { 0 };
                 let (x, y) = (b16(a), b16(b));
-                from_b(std::array::from_fn(|i| if i % 2 == 0 { x[h + i / 2] } else { y[h + i / 2] }))
+                from_b(std::array::from_fn(|i| {
+                    if i % 2 == 0 {
+                        x[h + i / 2]
+                    } else {
+                        y[h + i / 2]
+                    }
+                }))
             }
             Punpcklwd | Punpckhwd => {
                 let h = if m == Punpckhwd { 4 } else { 0 };
                 let (x, y) = (w8(a), w8(b));
-                from_w(std::array::from_fn(|i| if i % 2 == 0 { x[h + i / 2] } else { y[h + i / 2] }))
+                from_w(std::array::from_fn(|i| {
+                    if i % 2 == 0 {
+                        x[h + i / 2]
+                    } else {
+                        y[h + i / 2]
+                    }
+                }))
             }
             Punpckldq | Punpckhdq | Unpcklps | Unpckhps => {
-                let h = if matches!(m, Punpckhdq | Unpckhps) { 2 } else { 0 };
+                let h = if matches!(m, Punpckhdq | Unpckhps) {
+                    2
+                } else {
+                    0
+                };
                 let (x, y) = (d4(a), d4(b));
-                from_d(std::array::from_fn(|i| if i % 2 == 0 { x[h + i / 2] } else { y[h + i / 2] }))
+                from_d(std::array::from_fn(|i| {
+                    if i % 2 == 0 {
+                        x[h + i / 2]
+                    } else {
+                        y[h + i / 2]
+                    }
+                }))
             }
             Punpcklqdq | Unpcklpd => from_q([q2(a)[0], q2(b)[0]]),
             Punpckhqdq | Unpckhpd => from_q([q2(a)[1], q2(b)[1]]),
@@ -461,12 +683,18 @@ impl Cpu {
                 let (x, y) = (w8(a), w8(b));
                 from_b(std::array::from_fn(|i| {
                     let v = if i < 8 { x[i] } else { y[i - 8] } as i16 as i32;
-                    if m == Packsswb { sat_i8(v) } else { sat_u8(v) }
+                    if m == Packsswb {
+                        sat_i8(v)
+                    } else {
+                        sat_u8(v)
+                    }
                 }))
             }
             Packssdw => {
                 let (x, y) = (d4(a), d4(b));
-                from_w(std::array::from_fn(|i| sat_i16(if i < 4 { x[i] } else { y[i - 4] } as i32)))
+                from_w(std::array::from_fn(|i| {
+                    sat_i16(if i < 4 { x[i] } else { y[i - 4] } as i32)
+                }))
             }
             Pshufd => {
                 let s = d4(b);
@@ -488,7 +716,12 @@ impl Cpu {
             Shufps => {
                 let (x, y) = (d4(a), d4(b));
                 let imm = ins.immediate(2) as usize;
-                from_d([x[imm & 3], x[(imm >> 2) & 3], y[(imm >> 4) & 3], y[(imm >> 6) & 3]])
+                from_d([
+                    x[imm & 3],
+                    x[(imm >> 2) & 3],
+                    y[(imm >> 4) & 3],
+                    y[(imm >> 6) & 3],
+                ])
             }
             Shufpd => {
                 let (x, y) = (q2(a), q2(b));
@@ -573,18 +806,34 @@ impl Cpu {
                     }
                     Cmppd => {
                         let (x, y) = (f64s(a), f64s(b));
-                        from_q(std::array::from_fn(|i| if cmp_pred(x[i], y[i], p) { u64::MAX } else { 0 }))
+                        from_q(std::array::from_fn(|i| {
+                            if cmp_pred(x[i], y[i], p) {
+                                u64::MAX
+                            } else {
+                                0
+                            }
+                        }))
                     }
                     _ => {
                         let (x, y) = (f32s(a), f32s(b));
-                        from_d(std::array::from_fn(|i| if cmp_pred(x[i], y[i], p) { u32::MAX } else { 0 }))
+                        from_d(std::array::from_fn(|i| {
+                            if cmp_pred(x[i], y[i], p) {
+                                u32::MAX
+                            } else {
+                                0
+                            }
+                        }))
                     }
                 }
             }
             Cvtsi2sd | Cvtsi2ss => {
                 let size = self.op_size(ins, 1);
                 let v = b as u64;
-                let iv = if size == 8 { v as i64 } else { v as u32 as i32 as i64 };
+                let iv = if size == 8 {
+                    v as i64
+                } else {
+                    v as u32 as i32 as i64
+                };
                 if m == Cvtsi2sd {
                     (a & !(u64::MAX as u128)) | (iv as f64).to_bits() as u128
                 } else {
@@ -603,8 +852,12 @@ impl Cpu {
                 self.reg_write(d, r);
                 return Ok(());
             }
-            Cvtsd2ss => (a & !0xffff_ffffu128) | (f64::from_bits(b as u64) as f32).to_bits() as u128,
-            Cvtss2sd => (a & !(u64::MAX as u128)) | (f32::from_bits(b as u32) as f64).to_bits() as u128,
+            Cvtsd2ss => {
+                (a & !0xffff_ffffu128) | (f64::from_bits(b as u64) as f32).to_bits() as u128
+            }
+            Cvtss2sd => {
+                (a & !(u64::MAX as u128)) | (f32::from_bits(b as u32) as f64).to_bits() as u128
+            }
             Cvtdq2pd => {
                 let s = d4(b);
                 from_f64([s[0] as i32 as f64, s[1] as i32 as f64])
@@ -617,7 +870,12 @@ impl Cpu {
             Cvttpd2dq | Cvtpd2dq => {
                 let t = m == Cvttpd2dq;
                 let s = f64s(b);
-                from_d([f2i(s[0], 32, rc, t) as u32, f2i(s[1], 32, rc, t) as u32, 0, 0])
+                from_d([
+                    f2i(s[0], 32, rc, t) as u32,
+                    f2i(s[1], 32, rc, t) as u32,
+                    0,
+                    0,
+                ])
             }
             Cvtps2pd => {
                 let s = f32s(b);
@@ -639,33 +897,77 @@ fn shift_lanes(m: M, a: u128, count: u64) -> u128 {
     match m {
         Pslldq => {
             let c = count.min(16) as u32;
-            if c >= 16 { 0 } else { a << (8 * c) }
+            if c >= 16 {
+                0
+            } else {
+                a << (8 * c)
+            }
         }
         Psrldq => {
             let c = count.min(16) as u32;
-            if c >= 16 { 0 } else { a >> (8 * c) }
+            if c >= 16 {
+                0
+            } else {
+                a >> (8 * c)
+            }
         }
         Psllw | Psrlw | Psraw => from_w(w8(a).map(|x| {
             let c = count.min(16) as u32;
             match m {
-                Psllw => if c >= 16 { 0 } else { x << c },
-                Psrlw => if c >= 16 { 0 } else { x >> c },
+                Psllw => {
+                    if c >= 16 {
+                        0
+                    } else {
+                        x << c
+                    }
+                }
+                Psrlw => {
+                    if c >= 16 {
+                        0
+                    } else {
+                        x >> c
+                    }
+                }
                 _ => ((x as i16) >> c.min(15)) as u16,
             }
         })),
         Pslld | Psrld | Psrad => from_d(d4(a).map(|x| {
             let c = count.min(32) as u32;
             match m {
-                Pslld => if c >= 32 { 0 } else { x << c },
-                Psrld => if c >= 32 { 0 } else { x >> c },
+                Pslld => {
+                    if c >= 32 {
+                        0
+                    } else {
+                        x << c
+                    }
+                }
+                Psrld => {
+                    if c >= 32 {
+                        0
+                    } else {
+                        x >> c
+                    }
+                }
                 _ => ((x as i32) >> c.min(31)) as u32,
             }
         })),
         _ => from_q(q2(a).map(|x| {
             let c = count.min(64) as u32;
             match m {
-                Psllq => if c >= 64 { 0 } else { x << c },
-                _ => if c >= 64 { 0 } else { x >> c },
+                Psllq => {
+                    if c >= 64 {
+                        0
+                    } else {
+                        x << c
+                    }
+                }
+                _ => {
+                    if c >= 64 {
+                        0
+                    } else {
+                        x >> c
+                    }
+                }
             }
         })),
     }

@@ -11,7 +11,9 @@ mod common;
 use common::*;
 use emu::{Cpu, Exit};
 use iced_x86::code_asm::*;
-use iced_x86::{Code, Encoder, Instruction, MemoryOperand, Mnemonic as M, OpCodeOperandKind as K, Register};
+use iced_x86::{
+    Code, Encoder, Instruction, MemoryOperand, Mnemonic as M, OpCodeOperandKind as K, Register,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -65,7 +67,9 @@ impl Native {
             a.mov(rax, qword_ptr(rdi + 128)).unwrap();
             a.push(rax).unwrap();
             a.popfq().unwrap();
-            let regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+            let regs = [
+                rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
+            ];
             for (i, r) in regs.iter().enumerate() {
                 if i == 4 || i == 7 {
                     continue;
@@ -73,7 +77,8 @@ impl Native {
                 a.mov(*r, qword_ptr(rdi + (i * 8) as i32)).unwrap();
             }
             for (i, x) in XMMS.iter().enumerate() {
-                a.movdqu(*x, xmmword_ptr(rdi + XMM_OFF + 16 * i as i32)).unwrap();
+                a.movdqu(*x, xmmword_ptr(rdi + XMM_OFF + 16 * i as i32))
+                    .unwrap();
             }
             a.mov(rdi, qword_ptr(rdi + 56)).unwrap();
         });
@@ -81,7 +86,9 @@ impl Native {
         let epi = asm64(base + slot as u64 + 32, |a| {
             a.push(rdi).unwrap();
             a.mov(rdi, qword_ptr(rsp + 8)).unwrap();
-            let regs = [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15];
+            let regs = [
+                rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
+            ];
             for (i, r) in regs.iter().enumerate() {
                 if i == 4 || i == 7 {
                     continue;
@@ -92,13 +99,16 @@ impl Native {
             a.pop(rax).unwrap();
             a.mov(qword_ptr(rdi + 128), rax).unwrap();
             for (i, x) in XMMS.iter().enumerate() {
-                a.movdqu(xmmword_ptr(rdi + XMM_OFF + 16 * i as i32), *x).unwrap();
+                a.movdqu(xmmword_ptr(rdi + XMM_OFF + 16 * i as i32), *x)
+                    .unwrap();
             }
             a.pop(rax).unwrap();
             a.mov(qword_ptr(rdi + 56), rax).unwrap();
             for r in [rdi, r15, r14, r13, r12, rbp, rbx] {
                 a.pop(r).unwrap();
             }
+            // The ABI requires DF=0 on return (the test may have set it).
+            a.cld().unwrap();
             a.ret().unwrap();
         });
         // SAFETY: the mapping is 4096 bytes; prologue + 32 + epilogue is far smaller.
@@ -107,7 +117,10 @@ impl Native {
             std::ptr::write_bytes((mem as *mut u8).add(slot), 0x90, 32);
             std::ptr::copy_nonoverlapping(epi.as_ptr(), (mem as *mut u8).add(slot + 32), epi.len());
         }
-        Native { mem: mem as *mut u8, slot }
+        Native {
+            mem: mem as *mut u8,
+            slot,
+        }
     }
 
     fn run(&self, code: &[u8], st: &mut St) {
@@ -184,7 +197,9 @@ fn gen_ops(rng: &mut StdRng, code: Code) -> Option<Vec<Op>> {
                     Op::R(unsafe_reg(Register::XMM0 as usize + rng.gen_range(0..16)))
                 }
             }
-            K::xmm_reg | K::xmm_rm => Op::R(unsafe_reg(Register::XMM0 as usize + rng.gen_range(0..16))),
+            K::xmm_reg | K::xmm_rm => {
+                Op::R(unsafe_reg(Register::XMM0 as usize + rng.gen_range(0..16)))
+            }
             K::r8_reg | K::r8_opcode => Op::R(pick_reg(rng, 1)),
             K::r16_reg | K::r16_opcode | K::r16_rm => Op::R(pick_reg(rng, 2)),
             K::r32_reg | K::r32_opcode | K::r32_rm => Op::R(pick_reg(rng, 4)),
@@ -282,15 +297,92 @@ fn interesting(rng: &mut StdRng) -> u64 {
 }
 
 const CLASSES: &[M] = &[
-    M::Mov, M::Movzx, M::Movsx, M::Movsxd, M::Add, M::Or, M::Adc, M::Sbb, M::And, M::Sub,
-    M::Xor, M::Cmp, M::Test, M::Inc, M::Dec, M::Not, M::Neg, M::Shl, M::Sal, M::Shr, M::Sar,
-    M::Rol, M::Ror, M::Rcl, M::Rcr, M::Shld, M::Shrd, M::Mul, M::Imul, M::Div, M::Idiv, M::Bt,
-    M::Bts, M::Btr, M::Btc, M::Bsf, M::Bsr, M::Popcnt, M::Bswap, M::Xchg, M::Xadd, M::Cmpxchg,
-    M::Seto, M::Setno, M::Setb, M::Setae, M::Sete, M::Setne, M::Setbe, M::Seta, M::Sets,
-    M::Setns, M::Setp, M::Setnp, M::Setl, M::Setge, M::Setle, M::Setg, M::Cmovo, M::Cmovno,
-    M::Cmovb, M::Cmovae, M::Cmove, M::Cmovne, M::Cmovbe, M::Cmova, M::Cmovs, M::Cmovns,
-    M::Cmovp, M::Cmovnp, M::Cmovl, M::Cmovge, M::Cmovle, M::Cmovg, M::Cbw, M::Cwde, M::Cdqe,
-    M::Cwd, M::Cdq, M::Cqo, M::Lahf, M::Sahf, M::Clc, M::Stc, M::Cmc, M::Nop,
+    M::Mov,
+    M::Movzx,
+    M::Movsx,
+    M::Movsxd,
+    M::Add,
+    M::Or,
+    M::Adc,
+    M::Sbb,
+    M::And,
+    M::Sub,
+    M::Xor,
+    M::Cmp,
+    M::Test,
+    M::Inc,
+    M::Dec,
+    M::Not,
+    M::Neg,
+    M::Shl,
+    M::Sal,
+    M::Shr,
+    M::Sar,
+    M::Rol,
+    M::Ror,
+    M::Rcl,
+    M::Rcr,
+    M::Shld,
+    M::Shrd,
+    M::Mul,
+    M::Imul,
+    M::Div,
+    M::Idiv,
+    M::Bt,
+    M::Bts,
+    M::Btr,
+    M::Btc,
+    M::Bsf,
+    M::Bsr,
+    M::Popcnt,
+    M::Bswap,
+    M::Xchg,
+    M::Xadd,
+    M::Cmpxchg,
+    M::Seto,
+    M::Setno,
+    M::Setb,
+    M::Setae,
+    M::Sete,
+    M::Setne,
+    M::Setbe,
+    M::Seta,
+    M::Sets,
+    M::Setns,
+    M::Setp,
+    M::Setnp,
+    M::Setl,
+    M::Setge,
+    M::Setle,
+    M::Setg,
+    M::Cmovo,
+    M::Cmovno,
+    M::Cmovb,
+    M::Cmovae,
+    M::Cmove,
+    M::Cmovne,
+    M::Cmovbe,
+    M::Cmova,
+    M::Cmovs,
+    M::Cmovns,
+    M::Cmovp,
+    M::Cmovnp,
+    M::Cmovl,
+    M::Cmovge,
+    M::Cmovle,
+    M::Cmovg,
+    M::Cbw,
+    M::Cwde,
+    M::Cdqe,
+    M::Cwd,
+    M::Cdq,
+    M::Cqo,
+    M::Lahf,
+    M::Sahf,
+    M::Clc,
+    M::Stc,
+    M::Cmc,
+    M::Nop,
 ];
 
 /// Flags whose value is architecturally undefined for this case.
@@ -373,9 +465,7 @@ fn integer_instructions_match_host() {
 
 #[test]
 fn sse_instructions_match_host() {
-    let classes: Vec<M> = M::values()
-        .filter(|m| sse_class(*m))
-        .collect();
+    let classes: Vec<M> = M::values().filter(|m| sse_class(*m)).collect();
     run_diff(&classes, 150);
 }
 
@@ -383,29 +473,169 @@ fn sse_class(m: M) -> bool {
     use M::*;
     matches!(
         m,
-        Movdqa | Movdqu | Movaps | Movups | Movapd | Movupd | Movntdq | Movnti | Movq | Movd
-            | Movss | Movsd | Movhpd | Movhps | Movlpd | Movlps | Movhlps | Movlhps | Movmskpd
-            | Movmskps | Pmovmskb | Pxor | Xorps | Xorpd | Por | Orps | Orpd | Pand | Andps
-            | Andpd | Pandn | Andnps | Andnpd | Paddb | Paddw | Paddd | Paddq | Psubb | Psubw
-            | Psubd | Psubq | Paddusb | Paddusw | Psubusb | Psubusw | Paddsb | Paddsw | Psubsb
-            | Psubsw | Pcmpeqb | Pcmpeqw | Pcmpeqd | Pcmpgtb | Pcmpgtw | Pcmpgtd | Pminub
-            | Pmaxub | Pminsw | Pmaxsw | Pavgb | Pavgw | Pmullw | Pmulhw | Pmulhuw | Pmuludq
-            | Pmaddwd | Psadbw | Psllw | Pslld | Psllq | Psrlw | Psrld | Psrlq | Psraw | Psrad
-            | Pslldq | Psrldq | Punpcklbw | Punpcklwd | Punpckldq | Punpcklqdq | Punpckhbw
-            | Punpckhwd | Punpckhdq | Punpckhqdq | Packsswb | Packssdw | Packuswb | Pshufd
-            | Pshuflw | Pshufhw | Shufps | Shufpd | Unpcklps | Unpckhps | Unpcklpd | Unpckhpd
-            | Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd | Addss | Subss | Mulss
-            | Divss | Minss | Maxss | Sqrtss | Addpd | Subpd | Mulpd | Divpd | Minpd | Maxpd
-            | Sqrtpd | Addps | Subps | Mulps | Divps | Minps | Maxps | Sqrtps | Comisd | Ucomisd
-            | Comiss | Ucomiss | Cmpsd | Cmpss | Cmppd | Cmpps | Cvtsi2sd | Cvtsi2ss | Cvttsd2si
-            | Cvtsd2si | Cvttss2si | Cvtss2si | Cvtsd2ss | Cvtss2sd | Cvtdq2pd | Cvtdq2ps
-            | Cvttps2dq | Cvtps2dq | Cvtps2pd | Cvtpd2ps | Cvttpd2dq | Cvtpd2dq | Pextrw | Pinsrw
+        Movdqa
+            | Movdqu
+            | Movaps
+            | Movups
+            | Movapd
+            | Movupd
+            | Movntdq
+            | Movnti
+            | Movq
+            | Movd
+            | Movss
+            | Movsd
+            | Movhpd
+            | Movhps
+            | Movlpd
+            | Movlps
+            | Movhlps
+            | Movlhps
+            | Movmskpd
+            | Movmskps
+            | Pmovmskb
+            | Pxor
+            | Xorps
+            | Xorpd
+            | Por
+            | Orps
+            | Orpd
+            | Pand
+            | Andps
+            | Andpd
+            | Pandn
+            | Andnps
+            | Andnpd
+            | Paddb
+            | Paddw
+            | Paddd
+            | Paddq
+            | Psubb
+            | Psubw
+            | Psubd
+            | Psubq
+            | Paddusb
+            | Paddusw
+            | Psubusb
+            | Psubusw
+            | Paddsb
+            | Paddsw
+            | Psubsb
+            | Psubsw
+            | Pcmpeqb
+            | Pcmpeqw
+            | Pcmpeqd
+            | Pcmpgtb
+            | Pcmpgtw
+            | Pcmpgtd
+            | Pminub
+            | Pmaxub
+            | Pminsw
+            | Pmaxsw
+            | Pavgb
+            | Pavgw
+            | Pmullw
+            | Pmulhw
+            | Pmulhuw
+            | Pmuludq
+            | Pmaddwd
+            | Psadbw
+            | Psllw
+            | Pslld
+            | Psllq
+            | Psrlw
+            | Psrld
+            | Psrlq
+            | Psraw
+            | Psrad
+            | Pslldq
+            | Psrldq
+            | Punpcklbw
+            | Punpcklwd
+            | Punpckldq
+            | Punpcklqdq
+            | Punpckhbw
+            | Punpckhwd
+            | Punpckhdq
+            | Punpckhqdq
+            | Packsswb
+            | Packssdw
+            | Packuswb
+            | Pshufd
+            | Pshuflw
+            | Pshufhw
+            | Shufps
+            | Shufpd
+            | Unpcklps
+            | Unpckhps
+            | Unpcklpd
+            | Unpckhpd
+            | Addsd
+            | Subsd
+            | Mulsd
+            | Divsd
+            | Minsd
+            | Maxsd
+            | Sqrtsd
+            | Addss
+            | Subss
+            | Mulss
+            | Divss
+            | Minss
+            | Maxss
+            | Sqrtss
+            | Addpd
+            | Subpd
+            | Mulpd
+            | Divpd
+            | Minpd
+            | Maxpd
+            | Sqrtpd
+            | Addps
+            | Subps
+            | Mulps
+            | Divps
+            | Minps
+            | Maxps
+            | Sqrtps
+            | Comisd
+            | Ucomisd
+            | Comiss
+            | Ucomiss
+            | Cmpsd
+            | Cmpss
+            | Cmppd
+            | Cmpps
+            | Cvtsi2sd
+            | Cvtsi2ss
+            | Cvttsd2si
+            | Cvtsd2si
+            | Cvttss2si
+            | Cvtss2si
+            | Cvtsd2ss
+            | Cvtss2sd
+            | Cvtdq2pd
+            | Cvtdq2ps
+            | Cvttps2dq
+            | Cvtps2dq
+            | Cvtps2pd
+            | Cvtpd2ps
+            | Cvttpd2dq
+            | Cvtpd2dq
+            | Pextrw
+            | Pinsrw
     )
 }
 
 fn run_diff(classes: &[M], min_forms: usize) {
-    let seed: u64 = std::env::var("EMU_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
-    let cases: usize = std::env::var("EMU_DIFF_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let seed: u64 = std::env::var("EMU_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let cases: usize = std::env::var("EMU_DIFF_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
     let mut rng = StdRng::seed_from_u64(seed);
     let native = Native::new();
     let mem = memory();
@@ -414,29 +644,50 @@ fn run_diff(classes: &[M], min_forms: usize) {
     let mut plat = TestPlatform::default();
     let mut host_store = vec![0u128; BUF / 16];
     // SAFETY: viewing a u128 vector as bytes (16-byte aligned for SSE operands).
-    let host_buf: &mut [u8] = unsafe { std::slice::from_raw_parts_mut(host_store.as_mut_ptr() as *mut u8, BUF) };
+    let host_buf: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(host_store.as_mut_ptr() as *mut u8, BUF) };
     let mut tested = 0usize;
     let mut forms = 0usize;
     for code in Code::values() {
         let oc = code.op_code();
-        if oc.encoding() != iced_x86::EncodingKind::Legacy || !oc.mode64() || !classes.contains(&oc.mnemonic()) {
+        if oc.encoding() != iced_x86::EncodingKind::Legacy
+            || !oc.mode64()
+            || !classes.contains(&oc.mnemonic())
+        {
             continue;
         }
-        if matches!(code, Code::Nopw | Code::Nopd | Code::Nopq) || oc.mnemonic() == M::Nop && oc.op_count() > 0 {
+        if matches!(code, Code::Nopw | Code::Nopd | Code::Nopq)
+            || oc.mnemonic() == M::Nop && oc.op_count() > 0
+        {
             continue;
         }
         let mut ran = 0;
         for _ in 0..cases {
-            let Some(ops) = gen_ops(&mut rng, code) else { break };
+            let Some(ops) = gen_ops(&mut rng, code) else {
+                break;
+            };
             let disp = rng.gen_range(0..8) * 16;
-            let Some(ins) = build(code, &ops, disp) else { continue };
+            let Some(mut ins) = build(code, &ops, disp) else {
+                continue;
+            };
+            if ins.op0_kind() == iced_x86::OpKind::Memory
+                && oc.can_use_lock_prefix()
+                && rng.gen_bool(0.4)
+            {
+                ins.set_has_lock_prefix(true);
+            }
             let mut enc = Encoder::new(64);
             if enc.encode(&ins, CODE).is_err() {
                 continue;
             }
             let bytes = enc.take_buffer();
             // Inputs.
-            let mut st = St { gpr: [0; 16], flags: (rng.gen::<u64>() & ARITH) | 2, pad: 0, xmm: [0; 16] };
+            let mut st = St {
+                gpr: [0; 16],
+                flags: (rng.gen::<u64>() & ARITH) | 2,
+                pad: 0,
+                xmm: [0; 16],
+            };
             for x in st.xmm.iter_mut() {
                 *x = xmm_value(&mut rng);
             }
@@ -471,7 +722,11 @@ fn run_diff(classes: &[M], min_forms: usize) {
             assert_eq!(exit, Exit::Halted, "{ins} did not halt");
             if !vectors(&plat).is_empty() {
                 // The engine raised an exception (e.g. #DE): do not run it natively.
-                assert!(matches!(m, M::Div | M::Idiv), "{ins}: unexpected exception {:?} (seed {seed})", vectors(&plat));
+                assert!(
+                    matches!(m, M::Div | M::Idiv),
+                    "{ins}: unexpected exception {:?} (seed {seed})",
+                    vectors(&plat)
+                );
                 continue;
             }
             let er = cpu.regs();
@@ -497,11 +752,21 @@ fn run_diff(classes: &[M], min_forms: usize) {
             if bad {
                 let diff: Vec<String> = (0..16)
                     .filter(|&i| emu_gpr[i] != host_gpr[i])
-                    .map(|i| format!("r{i}: in {:#x} emu {:#x} host {:#x}", st.gpr[i], emu_gpr[i], host_gpr[i]))
+                    .map(|i| {
+                        format!(
+                            "r{i}: in {:#x} emu {:#x} host {:#x}",
+                            st.gpr[i], emu_gpr[i], host_gpr[i]
+                        )
+                    })
                     .collect();
                 let xdiff: Vec<String> = (0..16)
                     .filter(|&i| er.fpu.xmm[i] != hs.xmm[i])
-                    .map(|i| format!("xmm{i}: in {:#x} emu {:#x} host {:#x}", st.xmm[i], er.fpu.xmm[i], hs.xmm[i]))
+                    .map(|i| {
+                        format!(
+                            "xmm{i}: in {:#x} emu {:#x} host {:#x}",
+                            st.xmm[i], er.fpu.xmm[i], hs.xmm[i]
+                        )
+                    })
                     .collect();
                 eprintln!("{xdiff:?}");
                 panic!(
@@ -517,15 +782,24 @@ fn run_diff(classes: &[M], min_forms: usize) {
         }
     }
     eprintln!("differential: {forms} instruction forms, {tested} cases (seed {seed})");
-    assert!(forms > min_forms, "too few instruction forms tested: {forms}");
+    assert!(
+        forms > min_forms,
+        "too few instruction forms tested: {forms}"
+    );
 }
 
 /// REP string instructions (both directions, overlapping ranges, page crossings) against
 /// the host: registers (pointers relative to the buffer), flags and memory.
 #[test]
 fn string_instructions_match_host() {
-    let seed: u64 = std::env::var("EMU_DIFF_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
-    let cases: usize = std::env::var("EMU_DIFF_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let seed: u64 = std::env::var("EMU_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let cases: usize = std::env::var("EMU_DIFF_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
     let mut rng = StdRng::seed_from_u64(seed ^ 0x57);
     let native = Native::new();
     let mem = memory();
@@ -536,11 +810,20 @@ fn string_instructions_match_host() {
     let mut host = vec![0u8; SBUF];
     // (encoding without prefixes, element size)
     let forms: [(&[u8], usize); 14] = [
-        (&[0xa4], 1), (&[0x66, 0xa5], 2), (&[0xa5], 4), (&[0x48, 0xa5], 8), // movs
-        (&[0xaa], 1), (&[0x66, 0xab], 2), (&[0xab], 4), (&[0x48, 0xab], 8), // stos
-        (&[0xac], 1), (&[0x48, 0xad], 8),                                   // lods
-        (&[0xa6], 1), (&[0xa7], 4),                                         // cmps
-        (&[0xae], 1), (&[0x48, 0xaf], 8),                                   // scas
+        (&[0xa4], 1),
+        (&[0x66, 0xa5], 2),
+        (&[0xa5], 4),
+        (&[0x48, 0xa5], 8), // movs
+        (&[0xaa], 1),
+        (&[0x66, 0xab], 2),
+        (&[0xab], 4),
+        (&[0x48, 0xab], 8), // stos
+        (&[0xac], 1),
+        (&[0x48, 0xad], 8), // lods
+        (&[0xa6], 1),
+        (&[0xa7], 4), // cmps
+        (&[0xae], 1),
+        (&[0x48, 0xaf], 8), // scas
     ];
     let mut total = 0;
     for (op, size) in forms {
@@ -562,8 +845,17 @@ fn string_instructions_match_host() {
             let df = rng.gen_bool(0.3);
             let count = rng.gen_range(0..2048 / size as u64) >> rng.gen_range(0..6);
             let soff = rng.gen_range(2048..12000u64);
-            let doff = if rng.gen_bool(0.3) { soff + rng.gen_range(0..16) } else { rng.gen_range(2048..12000u64) };
-            let mut st = St { gpr: [0; 16], flags: (rng.gen::<u64>() & ARITH) | 2 | if df { 0x400 } else { 0 }, pad: 0, xmm: [0; 16] };
+            let doff = if rng.gen_bool(0.3) {
+                soff + rng.gen_range(0..16)
+            } else {
+                rng.gen_range(2048..12000u64)
+            };
+            let mut st = St {
+                gpr: [0; 16],
+                flags: (rng.gen::<u64>() & ARITH) | 2 | if df { 0x400 } else { 0 },
+                pad: 0,
+                xmm: [0; 16],
+            };
             for g in st.gpr.iter_mut() {
                 *g = rng.gen();
             }
@@ -574,7 +866,6 @@ fn string_instructions_match_host() {
             }
             st.gpr[0] = rng.gen_range(0..3);
             mem.write_slice(&host, GuestAddress(DATA)).unwrap();
-            let initial = host.clone();
             let mut regs = long_mode_regs(CODE);
             regs.gpr = st.gpr;
             regs.gpr[6] = DATA + soff;
@@ -587,7 +878,11 @@ fn string_instructions_match_host() {
             cpu.set_regs(&regs);
             plat.outs.clear();
             assert_eq!(run_to_halt(&mut cpu, &mut plat), Exit::Halted);
-            assert!(vectors(&plat).is_empty(), "{bytes:02x?}: exception {:?}", vectors(&plat));
+            assert!(
+                vectors(&plat).is_empty(),
+                "{bytes:02x?}: exception {:?}",
+                vectors(&plat)
+            );
             let er = cpu.regs();
             let mut emu_buf = vec![0u8; SBUF];
             mem.read_slice(&mut emu_buf, GuestAddress(DATA)).unwrap();
@@ -604,12 +899,22 @@ fn string_instructions_match_host() {
             h[6] = h[6].wrapping_sub(hb);
             h[7] = h[7].wrapping_sub(hb);
             h[4] = 0;
-            assert_eq!(e, h, "registers differ for {bytes:02x?} count {count} df {df} (seed {seed})");
-            assert_eq!(er.rflags & (ARITH | 0x400), hs.flags & (ARITH | 0x400), "flags for {bytes:02x?}");
+            assert_eq!(
+                e, h,
+                "registers differ for {bytes:02x?} count {count} df {df} (seed {seed})"
+            );
+            assert_eq!(
+                er.rflags & (ARITH | 0x400),
+                hs.flags & (ARITH | 0x400),
+                "flags for {bytes:02x?}"
+            );
             if emu_buf != host {
-                let d: Vec<(usize, u8, u8)> = (0..SBUF).filter(|&i| emu_buf[i] != host[i]).map(|i| (i, emu_buf[i], host[i])).take(10).collect();
+                let d: Vec<(usize, u8, u8)> = (0..SBUF)
+                    .filter(|&i| emu_buf[i] != host[i])
+                    .map(|i| (i, emu_buf[i], host[i]))
+                    .take(10)
+                    .collect();
                 eprintln!("first differences (offset, emu, host): {d:?}");
-                eprintln!("e {e:x?}\n h {h:x?} hb {hb:x}"); let o = doff as usize; eprintln!("initial {:?}\n emu {:?}\n host {:?}", &initial[o - 6..o + 60], &emu_buf[o - 6..o + 60], &host[o - 6..o + 60]);
             }
             assert!(emu_buf == host, "memory differs for {bytes:02x?} count {count} df {df} soff {soff} doff {doff} (seed {seed})");
             total += 1;

@@ -9,7 +9,11 @@ use emu::{Cpu, CpuRegs, Exit};
 use iced_x86::code_asm::*;
 
 fn outs(p: &TestPlatform, port: u16) -> Vec<u32> {
-    p.outs.iter().filter(|(q, _)| *q == port).map(|(_, v)| *v).collect()
+    p.outs
+        .iter()
+        .filter(|(q, _)| *q == port)
+        .map(|(_, v)| *v)
+        .collect()
 }
 
 #[test]
@@ -55,7 +59,10 @@ fn protected_mode_to_long_mode() {
     r.ds = d;
     r.es = d;
     r.ss = d;
-    r.gdt = emu::TableState { base: GDT, limit: 0x47 };
+    r.gdt = emu::TableState {
+        base: GDT,
+        limit: 0x47,
+    };
     r.cr0 = 0x11;
     r.rip = CODE;
     r.gpr[4] = KSTACK_TOP;
@@ -298,20 +305,29 @@ fn exceptions_are_delivered_with_vectors() {
     let mut cpu = Cpu::new(&m);
     let cases: Vec<(u32, Vec<u8>)> = vec![
         (6, asm64(CODE, |a| a.ud2().unwrap())),
-        (0, asm64(CODE, |a| {
-            a.xor(ecx, ecx).unwrap();
-            a.div(ecx).unwrap();
-        })),
+        (
+            0,
+            asm64(CODE, |a| {
+                a.xor(ecx, ecx).unwrap();
+                a.div(ecx).unwrap();
+            }),
+        ),
         (3, asm64(CODE, |a| a.int3().unwrap())),
         (0x80, asm64(CODE, |a| a.int(0x80).unwrap())),
-        (13, asm64(CODE, |a| {
-            a.mov(rax, 0x8000_0000_0000_0000u64).unwrap();
-            a.mov(rax, qword_ptr(rax)).unwrap();
-        })),
-        (14, asm64(CODE, |a| {
-            a.mov(rax, 0x1_0000_0000u64).unwrap();
-            a.mov(rax, qword_ptr(rax)).unwrap();
-        })),
+        (
+            13,
+            asm64(CODE, |a| {
+                a.mov(rax, 0x8000_0000_0000_0000u64).unwrap();
+                a.mov(rax, qword_ptr(rax)).unwrap();
+            }),
+        ),
+        (
+            14,
+            asm64(CODE, |a| {
+                a.mov(rax, 0x1_0000_0000u64).unwrap();
+                a.mov(rax, qword_ptr(rax)).unwrap();
+            }),
+        ),
     ];
     for (v, code) in cases {
         let mut prog = code.clone();
@@ -408,4 +424,356 @@ fn string_ops_with_rep() {
     // 100 'A's then a zero: repne scasb stops after 101 bytes.
     assert_eq!(outs(&p, 0xfd), vec![99]);
     assert_eq!(r64(&m, DATA + 0x1000 + 96) & 0xffff_ffff, 0x4141_4141);
+}
+
+#[test]
+fn rep_movsb_overlapping_forward_copy() {
+    let m = memory();
+    setup_long_mode(&m);
+    let pattern: Vec<u8> = (0..64u8).collect();
+    load(&m, DATA + 3719, &pattern);
+    load(&m, CODE, &[0xf2, 0xa4, 0xf4]);
+    let mut cpu = Cpu::new(&m);
+    let mut r = long_mode_regs(CODE);
+    r.gpr[6] = DATA + 3719;
+    r.gpr[7] = DATA + 3725;
+    r.gpr[1] = 54;
+    cpu.set_regs(&r);
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    let mut out = vec![0u8; 60];
+    vm_memory::Bytes::read_slice(&m, &mut out, vm_memory::GuestAddress(DATA + 3719)).unwrap();
+    let expect: Vec<u8> = (0..60).map(|i| (i % 6) as u8).collect();
+    assert_eq!(out, expect);
+}
+
+#[test]
+fn cpu_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Cpu>();
+}
+
+#[test]
+fn invlpg_inside_a_large_page_drops_the_whole_page() {
+    let m = memory();
+    setup_long_mode(&m);
+    // 2 MiB page 2 (0x400000) initially maps 0x400000; the code remaps it to 0x600000.
+    w64(&m, 0x400000 + 0x10, 0x1111);
+    w64(&m, 0x600000 + 0x10, 0x2222);
+    load(
+        &m,
+        CODE,
+        &asm64(CODE, |a| {
+            a.mov(rax, qword_ptr(0x400010)).unwrap();
+            a.out(0xe0, eax).unwrap();
+            a.mov(rax, 0x600087u64).unwrap();
+            a.mov(qword_ptr(PD as i32 + 16), rax).unwrap();
+            a.invlpg(byte_ptr(0x4ff000)).unwrap(); // any address inside the large page
+            a.mov(rax, qword_ptr(0x400010)).unwrap();
+            a.out(0xe0, eax).unwrap();
+            // LSL of the kernel data segment, and of a selector beyond the GDT.
+            a.mov(ecx, KDATA as u32).unwrap();
+            a.lsl(eax, ecx).unwrap();
+            a.out(0xe1, eax).unwrap();
+            a.mov(ecx, 0x1000).unwrap();
+            a.lsl(eax, ecx).unwrap();
+            a.setz(al).unwrap();
+            a.out(0xe1, eax).unwrap();
+            a.hlt().unwrap();
+        }),
+    );
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(&long_mode_regs(CODE));
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    assert_eq!(outs(&p, 0xe0), vec![0x1111, 0x2222]);
+    assert_eq!(outs(&p, 0xe1), vec![0xffff_ffff, 0xffff_ff00]);
+}
+
+#[test]
+fn shutdown_is_sticky_until_state_is_reloaded() {
+    let m = memory();
+    setup_long_mode(&m);
+    load(&m, CODE, &asm64(CODE, |a| a.ud2().unwrap()));
+    let mut cpu = Cpu::new(&m);
+    let mut r = long_mode_regs(CODE);
+    r.idt.limit = 0;
+    cpu.set_regs(&r);
+    let mut p = TestPlatform::default();
+    assert_eq!(cpu.run(&mut p, 100), Exit::Shutdown);
+    assert_eq!(cpu.run(&mut p, 100), Exit::Shutdown);
+    load(&m, CODE, &[0xf4]);
+    cpu.set_regs(&long_mode_regs(CODE));
+    assert_eq!(cpu.run(&mut p, 100), Exit::Halted);
+}
+
+#[test]
+fn application_processor_starts_at_sipi_vector() {
+    let m = memory();
+    let mut a = CodeAssembler::new(16).unwrap();
+    a.mov(ax, cs).unwrap();
+    a.out(0xe2, ax).unwrap();
+    a.hlt().unwrap();
+    load(&m, 0x9000, &a.assemble(0).unwrap());
+    let mut cpu = Cpu::new(&m);
+    cpu.set_apic_id(1);
+    cpu.set_regs(&Cpu::sipi_state(9));
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    assert_eq!(outs(&p, 0xe2), vec![0x900]);
+}
+
+#[test]
+fn x87_stack_loads_arithmetic_and_stores() {
+    let m = memory();
+    setup_long_mode(&m);
+    w64(&m, DATA, 7);
+    w64(&m, DATA + 8, 2.5f64.to_bits());
+    load(
+        &m,
+        CODE,
+        &asm64(CODE, |a| {
+            a.fninit().unwrap();
+            a.fild(dword_ptr(DATA as i32)).unwrap();
+            a.fld(qword_ptr(DATA as i32 + 8)).unwrap();
+            a.fmulp(st1, st0).unwrap();
+            a.fistp(dword_ptr(DATA as i32 + 16)).unwrap(); // 17.5 rounds to even: 18
+            a.fld1().unwrap();
+            a.fldz().unwrap();
+            a.faddp(st1, st0).unwrap();
+            a.fstp(qword_ptr(DATA as i32 + 24)).unwrap();
+            a.fnstsw(ax).unwrap();
+            a.out(0xe3, eax).unwrap();
+            a.hlt().unwrap();
+        }),
+    );
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(&long_mode_regs(CODE));
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    assert_eq!(r64(&m, DATA + 16) & 0xffff_ffff, 18);
+    assert_eq!(f64::from_bits(r64(&m, DATA + 24)), 1.0);
+    assert_eq!(outs(&p, 0xe3), vec![0], "stack empty again (TOP = 0)");
+}
+
+#[test]
+fn interrupts_wait_for_if_and_the_sti_shadow() {
+    let m = memory();
+    setup_long_mode(&m);
+    let handler = HANDLERS + 0x1000;
+    load(
+        &m,
+        handler,
+        &asm64(handler, |a| {
+            a.push(rax).unwrap();
+            a.mov(eax, 0x41).unwrap();
+            a.out(0xe4, eax).unwrap();
+            a.pop(rax).unwrap();
+            a.iretq().unwrap();
+        }),
+    );
+    set_gate(&m, 0x41, handler, 0, 0);
+    load(
+        &m,
+        CODE,
+        &asm64(CODE, |a| {
+            a.mov(eax, 1).unwrap();
+            a.out(0xe4, eax).unwrap(); // IF=0: the pending interrupt must wait
+            a.mov(eax, 2).unwrap();
+            a.sti().unwrap();
+            a.out(0xe4, eax).unwrap(); // runs inside the STI shadow, before the interrupt
+            a.mov(eax, 3).unwrap();
+            a.out(0xe4, eax).unwrap();
+            a.cli().unwrap();
+            a.hlt().unwrap();
+        }),
+    );
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(&long_mode_regs(CODE));
+    let mut p = TestPlatform::default();
+    p.pending.push(0x41);
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    // The interrupt is taken right after the instruction in the STI shadow.
+    assert_eq!(outs(&p, 0xe4), vec![1, 2, 0x41, 3]);
+}
+
+/// Random bytes executed as code (at CPL0 and CPL3, in 64-bit mode) must never panic or
+/// hang the host: every outcome is a guest-visible exception, a halt or a shutdown.
+#[test]
+fn random_code_never_panics_the_host() {
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    let seed: u64 = std::env::var("EMU_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let programs: usize = std::env::var("EMU_FUZZ_PROGRAMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let m = memory();
+    let mut cpu = Cpu::new(&m);
+    for i in 0..programs {
+        if i % 200 == 0 {
+            // Random code may have scribbled over the tables: rebuild them.
+            setup_long_mode(&m);
+        }
+        let mut code = vec![0u8; 64];
+        rng.fill(&mut code[..]);
+        cpu.ram().write_phys(CODE, &code);
+        let mut r = long_mode_regs(CODE);
+        for g in r.gpr.iter_mut() {
+            *g = if rng.gen_bool(0.5) {
+                DATA + rng.gen_range(0..0x1000)
+            } else {
+                rng.gen()
+            };
+        }
+        r.gpr[4] = KSTACK_TOP - 0x100;
+        if rng.gen_bool(0.3) {
+            r.cs = seg(UCODE | 3, 0xb, 3, true, false);
+            r.ss = seg(UDATA | 3, 3, 3, false, true);
+            r.gpr[4] = USTACK_TOP - 0x100;
+        }
+        cpu.set_regs(&r);
+        let mut p = TestPlatform::default();
+        let _ = cpu.run(&mut p, 300);
+    }
+}
+
+/// Two vCPUs on two host threads increment one counter with `lock xadd`/`lock inc`: no
+/// update may be lost.
+#[test]
+fn locked_increments_are_atomic_across_vcpus() {
+    let m = memory();
+    setup_long_mode(&m);
+    const N: u32 = 200_000;
+    load(
+        &m,
+        CODE,
+        &asm64(CODE, |a| {
+            let mut top = a.create_label();
+            a.mov(ecx, N).unwrap();
+            a.mov(rbx, DATA).unwrap();
+            a.set_label(&mut top).unwrap();
+            a.lock().inc(qword_ptr(rbx)).unwrap();
+            a.mov(eax, 1).unwrap();
+            a.lock().xadd(qword_ptr(rbx + 8), rax).unwrap();
+            a.dec(ecx).unwrap();
+            a.jnz(top).unwrap();
+            a.hlt().unwrap();
+        }),
+    );
+    let ram = emu::GuestRam::new(&m);
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let ram = ram.clone();
+            std::thread::spawn(move || {
+                let mut cpu = Cpu::with_ram(ram);
+                cpu.set_apic_id(i);
+                let mut r = long_mode_regs(CODE);
+                r.gpr[4] = KSTACK_TOP - 0x1000 * i as u64;
+                cpu.set_regs(&r);
+                let mut p = TestPlatform::default();
+                run_to_halt(&mut cpu, &mut p)
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), Exit::Halted);
+    }
+    assert_eq!(r64(&m, DATA), 2 * N as u64);
+    assert_eq!(r64(&m, DATA + 8), 2 * N as u64);
+}
+
+/// Code patched by one vCPU is seen by another that has it cached (shared code versions).
+#[test]
+fn code_patched_by_another_vcpu_is_seen() {
+    let m = memory();
+    setup_long_mode(&m);
+    let handler = HANDLERS + 0x1000;
+    load(&m, handler, &asm64(handler, |a| a.iretq().unwrap()));
+    set_gate(&m, 0x40, handler, 0, 0);
+    // vCPU A: sti; L: mov eax, imm; out 0xe5, eax; hlt; jmp L   (imm patched by B)
+    let mut asm = CodeAssembler::new(64).unwrap();
+    let mut l = asm.create_label();
+    asm.sti().unwrap();
+    asm.set_label(&mut l).unwrap();
+    asm.mov(eax, 1).unwrap();
+    asm.out(0xe5, eax).unwrap();
+    asm.hlt().unwrap();
+    asm.jmp(l).unwrap();
+    load(&m, CODE, &asm.assemble(CODE).unwrap());
+    let patcher = CODE + 0x800;
+    load(
+        &m,
+        patcher,
+        &asm64(patcher, |a| {
+            a.mov(byte_ptr(CODE as i32 + 2), 9).unwrap(); // imm8 of `mov eax, 1` at L
+            a.hlt().unwrap();
+        }),
+    );
+    let ram = emu::GuestRam::new(&m);
+    let mut a = Cpu::with_ram(ram.clone());
+    let mut b = Cpu::with_ram(ram);
+    let mut pa = TestPlatform::default();
+    let mut pb = TestPlatform::default();
+    a.set_regs(&long_mode_regs(CODE));
+    assert_eq!(run_to_halt(&mut a, &mut pa), Exit::Halted);
+    b.set_regs(&long_mode_regs(patcher));
+    assert_eq!(run_to_halt(&mut b, &mut pb), Exit::Halted);
+    // Wake A: it returns from the interrupt, jumps back to its cached block, which must be
+    // re-decoded because B wrote to the page.
+    pa.pending.push(0x40);
+    assert_eq!(run_to_halt(&mut a, &mut pa), Exit::Halted);
+    assert_eq!(outs(&pa, 0xe5), vec![1, 9]);
+}
+
+/// The AP trampoline path: real mode (after SIPI) → LGDTL → CR0.PE → far jump into a
+/// 32-bit code segment → segment loads → protected-mode code.
+#[test]
+fn real_mode_to_protected_mode_like_the_ap_trampoline() {
+    let m = memory();
+    setup_long_mode(&m); // GDT with a flat 32-bit code (0x40) and data (0x10) segment
+    let base = 0x9000u64; // SIPI vector 9
+    let gdtr_at = base + 0x100;
+    // GDTR image: limit, 32-bit base.
+    let mut gdtr = Vec::new();
+    gdtr.extend_from_slice(&(0x47u16).to_le_bytes());
+    gdtr.extend_from_slice(&(GDT as u32).to_le_bytes());
+    load(&m, gdtr_at, &gdtr);
+    let pm = base + 0x200;
+    let mut a = CodeAssembler::new(16).unwrap();
+    a.cli().unwrap();
+    a.lgdt(dword_ptr(0x100)).unwrap(); // DS = CS = 0x900 after SIPI... set below
+    a.mov(eax, 1).unwrap();
+    a.mov(cr0, eax).unwrap();
+    // ljmpl CODE32:pm (66 EA ptr16:32)
+    let mut far = vec![0x66, 0xea];
+    far.extend_from_slice(&(pm as u32).to_le_bytes());
+    far.extend_from_slice(&CODE32.to_le_bytes());
+    a.db(&far).unwrap();
+    let mut code = vec![0x8c, 0xc8, 0x8e, 0xd8]; // mov ax, cs; mov ds, ax
+    code.extend_from_slice(&a.assemble(0x4).unwrap());
+    load(&m, base, &code);
+    let mut b = CodeAssembler::new(32).unwrap();
+    b.mov(ax, KDATA as u32).unwrap();
+    b.mov(ds, ax).unwrap();
+    b.mov(ss, ax).unwrap();
+    b.mov(esp, 0x8000).unwrap();
+    b.push(0x1234_5678).unwrap();
+    b.pop(eax).unwrap();
+    b.out(0xe6, eax).unwrap();
+    b.mov(eax, cr0).unwrap();
+    b.out(0xe6, eax).unwrap();
+    b.hlt().unwrap();
+    load(&m, pm, &b.assemble(pm).unwrap());
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(&Cpu::sipi_state(9));
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    assert_eq!(outs(&p, 0xe6), vec![0x1234_5678, 0x11], "CR0 = PE | ET");
+    let r = cpu.regs();
+    assert_eq!(r.cs.selector, CODE32);
+    assert!(r.cs.db);
 }

@@ -150,6 +150,31 @@ impl CacheLock {
     }
 }
 
+impl CacheLock {
+    /// Removes the entries of `dir` whose names start with `prefix`, except `keep`:
+    /// images and kernels superseded by a newer build of the same flavour, and .debs
+    /// of older package versions, so the cache does not grow with every Debian update.
+    pub fn prune(&self, dir: &Path, prefix: &str, keep: &Path) -> Result<(), ImageError> {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Ok(());
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            let name = entry.file_name();
+            if path == keep || !name.to_string_lossy().starts_with(prefix) {
+                continue;
+            }
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.context(|| format!("removing the stale {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
 /// fsyncs every file in `dir` and the directory itself.
 fn sync_dir(dir: &Path) -> Result<(), ImageError> {
     for entry in fs::read_dir(dir).context(|| format!("reading {}", dir.display()))? {
@@ -243,6 +268,23 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(10))
             .expect("the second lock is granted after the first is dropped");
         waiter.join().unwrap();
+        fs::remove_dir_all(cache.root()).unwrap();
+    }
+
+    #[test]
+    fn prune_keeps_the_current_entry_and_other_prefixes() {
+        let cache = temp_cache("prune");
+        let lock = cache.lock().unwrap();
+        let images = cache.images();
+        for name in ["minimal-old", "minimal-new", "stock-x"] {
+            fs::create_dir_all(images.join(name)).unwrap();
+        }
+        lock.prune(&images, "minimal-", &images.join("minimal-new"))
+            .unwrap();
+        assert!(!images.join("minimal-old").exists());
+        assert!(images.join("minimal-new").exists());
+        assert!(images.join("stock-x").exists());
+        drop(lock);
         fs::remove_dir_all(cache.root()).unwrap();
     }
 

@@ -245,6 +245,19 @@ Version: 1
     }
 
     #[test]
+    fn unknown_package_says_what_to_do() {
+        let msg = resolve("wirt-no-such-package").unwrap_err().to_string();
+        assert!(
+            msg.contains("run `apt-get update`") || msg.contains("apt-get install apt"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("wirt-no-such-package") || msg.contains("apt-cache"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn hashes_files() {
         let path = std::env::temp_dir().join(format!("wirt-sha-{}", std::process::id()));
         fs::write(&path, b"abc").unwrap();

@@ -224,6 +224,7 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(Progress)) -> Result<
     });
     let _ = fs::remove_dir_all(&scratch);
     result?;
+    prune_superseded(&cache, &lock, opts.flavour, &dir, &packages);
     let (_, mut image) = load(&dir).ok_or_else(|| {
         ImageError::io(
             format!("reading back {}", dir.display()),
@@ -232,6 +233,29 @@ pub fn build(opts: &BuildOptions, progress: &mut dyn FnMut(Progress)) -> Result<
     })?;
     image.reused = false;
     Ok(image)
+}
+
+/// Removes what the new image supersedes: older images of the same flavour, older minimal
+/// kernels, .debs of older versions of its packages. Failing to prune is not failing the
+/// build: the new image is installed, so errors are ignored.
+fn prune_superseded(
+    cache: &Cache,
+    lock: &CacheLock,
+    flavour: KernelFlavour,
+    image_dir: &Path,
+    packages: &Packages,
+) {
+    let _ = lock.prune(&cache.images(), &format!("{flavour}-"), image_dir);
+    if flavour == KernelFlavour::Minimal {
+        let kernel = minimal_kernel::cached_path(&cache.kernels(), &packages.kernel);
+        if let Some(kernel_dir) = kernel.parent() {
+            let _ = lock.prune(&cache.kernels(), "minimal-", kernel_dir);
+        }
+    }
+    for package in [&packages.busybox, &packages.kernel] {
+        let keep = cache.debs().join(package.deb_file_name());
+        let _ = lock.prune(&cache.debs(), &format!("{}_", package.name), &keep);
+    }
 }
 
 /// The build proper, under the lock: returns the staging directory and the sizes of
@@ -307,4 +331,59 @@ fn build_locked(
 /// The cache directory `opts` builds into (`opts.cache_dir` or [`default_cache_dir`]).
 pub fn cache_root(opts: &BuildOptions) -> Result<PathBuf, ImageError> {
     Ok(Cache::open(opts.cache_dir.as_deref())?.root().to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(key: &str, recipe_key: &str, created_unix: u64) -> String {
+        serde_json::to_string(&Manifest {
+            key: key.into(),
+            recipe_key: recipe_key.into(),
+            flavour: KernelFlavour::Stock,
+            packages: Vec::new(),
+            kernel_bytes: 1,
+            initrd_bytes: 1,
+            build_seconds: 0.0,
+            created_unix,
+        })
+        .unwrap()
+    }
+
+    fn entry(cache: &Cache, name: &str, manifest_json: &str, complete: bool) -> PathBuf {
+        let dir = cache.images().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(MANIFEST_FILE), manifest_json).unwrap();
+        fs::write(dir.join(KERNEL_FILE), b"k").unwrap();
+        if complete {
+            fs::write(dir.join(INITRD_FILE), b"i").unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn only_complete_entries_load() {
+        let root = std::env::temp_dir().join(format!("wirt-load-{}", std::process::id()));
+        let cache = Cache::open(Some(&root)).unwrap();
+        let whole = entry(&cache, "a", &manifest("ka", "r", 1), true);
+        let partial = entry(&cache, "b", &manifest("kb", "r", 2), false);
+        let garbage = entry(&cache, "c", "{not json", true);
+        assert_eq!(load(&whole).unwrap().1.initrd, whole.join(INITRD_FILE));
+        assert!(load(&partial).is_none());
+        assert!(load(&garbage).is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn fallback_picks_the_newest_image_of_the_same_recipe() {
+        let root = std::env::temp_dir().join(format!("wirt-newest-{}", std::process::id()));
+        let cache = Cache::open(Some(&root)).unwrap();
+        entry(&cache, "old", &manifest("k1", "r", 10), true);
+        entry(&cache, "new", &manifest("k2", "r", 20), true);
+        entry(&cache, "other", &manifest("k3", "other-recipe", 30), true);
+        assert_eq!(newest_with_recipe(&cache, "r").unwrap().key, "k2");
+        assert!(newest_with_recipe(&cache, "none").is_none());
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -55,6 +55,20 @@ impl KeyHasher {
     }
 }
 
+/// The lines of the kernel config fragment that mean something to Kconfig
+/// (`CONFIG_X=v` and `# CONFIG_X is not set`), so editing a comment does not recompile
+/// the kernel.
+fn kernel_config_settings() -> String {
+    KERNEL_CONFIG
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.starts_with("CONFIG_") || (l.starts_with("# CONFIG_") && l.ends_with(" is not set"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Key of everything in `guest/` and this crate that shapes an image of `flavour`,
 /// without package versions: lets a cached image be found when apt's index cannot be
 /// read.
@@ -64,7 +78,7 @@ pub fn recipe_key(flavour: KernelFlavour, port_writer: &[u8]) -> String {
         .part(INIT.as_bytes())
         .part(port_writer);
     if flavour == KernelFlavour::Minimal {
-        h.part(KERNEL_CONFIG.as_bytes())
+        h.part(kernel_config_settings().as_bytes())
             .part(BUILD_KERNEL_SH.as_bytes());
     } else {
         for module in crate::modules::VIRTIO_MODULES {
@@ -88,7 +102,7 @@ pub fn image_key(recipe_key: &str, packages: &[Package]) -> String {
 /// package, so changing /init does not recompile the kernel.
 pub fn minimal_kernel_key(source: &Package) -> String {
     let mut h = KeyHasher::new("minimal-kernel");
-    h.part(KERNEL_CONFIG.as_bytes())
+    h.part(kernel_config_settings().as_bytes())
         .part(BUILD_KERNEL_SH.as_bytes())
         .package(source);
     h.finish()
@@ -134,6 +148,14 @@ mod tests {
             minimal_kernel_key(&package("1")),
             minimal_kernel_key(&package("2"))
         );
+    }
+
+    #[test]
+    fn kernel_key_ignores_comments_only() {
+        let settings = kernel_config_settings();
+        assert!(settings.contains("CONFIG_VIRTIO_BLK=y"));
+        assert!(settings.contains("# CONFIG_MODULES is not set"));
+        assert!(!settings.contains("Goals"));
     }
 
     #[test]

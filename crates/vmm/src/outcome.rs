@@ -120,6 +120,17 @@ impl Outcome {
     }
 }
 
+impl From<devices::legacy::ControlEvent> for StopReason {
+    fn from(ev: devices::legacy::ControlEvent) -> Self {
+        use devices::legacy::ControlEvent;
+        match ev {
+            ControlEvent::Reset => StopReason::Reset,
+            ControlEvent::PowerOff => StopReason::PowerOff,
+            ControlEvent::DebugExit(v) => StopReason::DebugExit(v),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,17 +175,6 @@ mod tests {
                 0,
                 "{r:?} must not look like a debug exit"
             );
-        }
-    }
-}
-
-impl From<devices::legacy::ControlEvent> for StopReason {
-    fn from(ev: devices::legacy::ControlEvent) -> Self {
-        use devices::legacy::ControlEvent;
-        match ev {
-            ControlEvent::Reset => StopReason::Reset,
-            ControlEvent::PowerOff => StopReason::PowerOff,
-            ControlEvent::DebugExit(v) => StopReason::DebugExit(v),
         }
     }
 }

@@ -35,7 +35,11 @@ fn pause_freezes_the_guest_and_resume_continues_it() {
     assert_eq!(vm.state(), VmState::Paused);
     let frozen = vm.stats().instructions;
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(vm.stats().instructions, frozen, "the guest ran while paused");
+    assert_eq!(
+        vm.stats().instructions,
+        frozen,
+        "the guest ran while paused"
+    );
     vm.resume();
     assert_eq!(vm.state(), VmState::Running);
     wait_for_progress(&vm, frozen);

@@ -4,6 +4,9 @@
 
 mod image_cmd;
 mod run;
+mod serve_cmd;
+mod vm_cmd;
+mod vmm_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +30,14 @@ enum Command {
     /// Build and manage the default guest image.
     #[command(subcommand)]
     Image(image_cmd::ImageCommand),
+    /// Run the host daemon: a REST API on a Unix socket that manages many VMs, each in its
+    /// own process. SIGTERM or SIGINT stops it and kills its VMs (definitions are kept).
+    Serve(serve_cmd::ServeArgs),
+    /// Control VMs through the daemon (`wirt serve`).
+    Vm(vm_cmd::VmArgs),
+    /// Internal: one VM's process under `wirt serve`.
+    #[command(hide = true)]
+    Vmm(vmm_cmd::VmmArgs),
 }
 
 fn main() {
@@ -34,6 +45,9 @@ fn main() {
     let status = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Image(cmd) => image_cmd::run(cmd),
+        Command::Serve(args) => serve_cmd::run(args),
+        Command::Vm(args) => vm_cmd::run(args),
+        Command::Vmm(args) => vmm_cmd::run(args),
     };
     match status {
         Ok(code) => std::process::exit(code),

@@ -18,7 +18,17 @@ fn boot_with_script(script: &str, cpus: &str) -> Run {
     let initrd = img.initrd.to_string_lossy().into_owned();
     wirt_run_for(
         &img.kernel,
-        &["--engine", "sw", "--cpus", cpus, "--initrd", &initrd, "--cmdline", &cmdline, "--stats"],
+        &[
+            "--engine",
+            "sw",
+            "--cpus",
+            cpus,
+            "--initrd",
+            &initrd,
+            "--cmdline",
+            &cmdline,
+            "--stats",
+        ],
         LIMIT,
     )
 }
@@ -39,7 +49,10 @@ fn boots_to_user_space_and_computes_correctly() {
     let r = boot_with_script(script, "1");
     assert_eq!(r.status, 0, "the guest must power off cleanly: {r:?}");
     let console = &r.stdout;
-    assert!(image::cmdline::ready_uptime(console).is_some(), "no ready marker: {r:?}");
+    assert!(
+        image::cmdline::ready_uptime(console).is_some(),
+        "no ready marker: {r:?}"
+    );
     assert_eq!(image::cmdline::exit_status(console), Some(7), "{r:?}");
     let out = image::cmdline::script_output(console).expect("script output");
     assert!(out.contains("sum=500500\n"), "{out}");

@@ -23,7 +23,8 @@ impl Cpu {
                 let soff = ((off << sh) as i64) >> sh;
                 let delta = (soff >> bits.trailing_zeros()) * size as i64;
                 let ea = self.ea(ins).wrapping_add(delta as u64);
-                let seg = ins.memory_segment() as usize - iced_x86::Register::ES as usize;
+                let seg =
+                    (ins.memory_segment() as usize).saturating_sub(iced_x86::Register::ES as usize);
                 (off & (bits - 1), Some(self.seg_lin(seg.min(5), ea)))
             } else {
                 (off & (bits - 1), Some(self.mem_lin(ins)))

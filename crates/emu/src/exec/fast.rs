@@ -35,19 +35,67 @@ pub enum Kind {
     Push64(u8),
     Pop64(u8),
     /// mov r32/r64, r32/r64
-    MovRR { d: u8, s: u8, size: u8 },
+    MovRR {
+        d: u8,
+        s: u8,
+        size: u8,
+    },
     /// mov r32/r64, imm
-    MovRI { d: u8, size: u8 },
+    MovRI {
+        d: u8,
+        size: u8,
+    },
     /// mov r32/r64, [mem]
-    Load { d: u8, size: u8 },
+    Load {
+        d: u8,
+        size: u8,
+    },
     /// mov [mem], r32/r64
-    Store { s: u8, size: u8 },
+    Store {
+        s: u8,
+        size: u8,
+    },
     /// movzx r32/r64, byte/word [mem]
-    LoadZx { d: u8, src: u8 },
-    Lea { d: u8, size: u8 },
-    AluRR { op: AluOp, d: u8, s: u8, size: u8 },
-    AluRI { op: AluOp, d: u8, size: u8 },
-    IncDec { inc: bool, d: u8, size: u8 },
+    LoadZx {
+        d: u8,
+        src: u8,
+    },
+    Lea {
+        d: u8,
+        size: u8,
+    },
+    AluRR {
+        op: AluOp,
+        d: u8,
+        s: u8,
+        size: u8,
+    },
+    /// op r32/r64, [mem]
+    AluRM {
+        op: AluOp,
+        d: u8,
+        size: u8,
+    },
+    /// cmp/test [mem], reg-or-imm (any size; nothing written)
+    CmpTestM {
+        op: AluOp,
+        size: u8,
+        imm: bool,
+    },
+    /// mov [mem], imm (any size)
+    StoreImm {
+        size: u8,
+    },
+    AluRI {
+        op: AluOp,
+        d: u8,
+        size: u8,
+    },
+    IncDec {
+        inc: bool,
+        d: u8,
+        size: u8,
+    },
 }
 
 /// Index 0..16 of a 32/64-bit GPR, or None.
@@ -81,9 +129,17 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
     let lock = ins.has_lock_prefix();
     match m {
         M::Nop | M::Pause | M::Endbr64 => Kind::Nop,
-        M::Jmp if k0 == OpKind::NearBranch64 || k0 == OpKind::NearBranch32 || k0 == OpKind::NearBranch16 => Kind::Jmp,
+        M::Jmp
+            if k0 == OpKind::NearBranch64
+                || k0 == OpKind::NearBranch32
+                || k0 == OpKind::NearBranch16 =>
+        {
+            Kind::Jmp
+        }
         M::Call if bitness == 64 && k0 == OpKind::NearBranch64 => Kind::Call64,
-        M::Ret if bitness == 64 && ins.op_count() == 0 && ins.code() == iced_x86::Code::Retnq => Kind::Ret64,
+        M::Ret if bitness == 64 && ins.op_count() == 0 && ins.code() == iced_x86::Code::Retnq => {
+            Kind::Ret64
+        }
         M::Push if bitness == 64 && k0 == OpKind::Register => match gpr(ins.op0_register()) {
             Some((n, 8)) if n != 4 => Kind::Push64(n),
             _ => Kind::Generic,
@@ -102,8 +158,24 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
                     _ => Kind::Generic,
                 },
                 OpKind::Memory => Kind::Load { d, size },
-                OpKind::Immediate32 | OpKind::Immediate64 | OpKind::Immediate32to64 => Kind::MovRI { d, size },
+                OpKind::Immediate32 | OpKind::Immediate64 | OpKind::Immediate32to64 => {
+                    Kind::MovRI { d, size }
+                }
                 _ => Kind::Generic,
+            }
+        }
+        M::Mov
+            if k0 == OpKind::Memory
+                && matches!(
+                    k1,
+                    OpKind::Immediate8
+                        | OpKind::Immediate16
+                        | OpKind::Immediate32
+                        | OpKind::Immediate32to64
+                ) =>
+        {
+            Kind::StoreImm {
+                size: ins.memory_size().size() as u8,
             }
         }
         M::Mov if k0 == OpKind::Memory && k1 == OpKind::Register => match gpr(ins.op1_register()) {
@@ -122,11 +194,37 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
             None => Kind::Generic,
         },
         M::Inc | M::Dec if k0 == OpKind::Register && !lock => match gpr(ins.op0_register()) {
-            Some((d, size)) => Kind::IncDec { inc: m == M::Inc, d, size },
+            Some((d, size)) => Kind::IncDec {
+                inc: m == M::Inc,
+                d,
+                size,
+            },
             None => Kind::Generic,
         },
         _ => {
             if let Some(op) = alu_op(m) {
+                if k0 == OpKind::Memory && matches!(op, AluOp::Cmp | AluOp::Test) {
+                    let size = ins.memory_size().size();
+                    let ok_src = match k1 {
+                        OpKind::Register => ins.op1_register().size() == size,
+                        OpKind::Immediate8
+                        | OpKind::Immediate16
+                        | OpKind::Immediate32
+                        | OpKind::Immediate8to16
+                        | OpKind::Immediate8to32
+                        | OpKind::Immediate8to64
+                        | OpKind::Immediate32to64 => true,
+                        _ => false,
+                    };
+                    if ok_src && matches!(size, 1 | 2 | 4 | 8) {
+                        return Kind::CmpTestM {
+                            op,
+                            size: size as u8,
+                            imm: k1 != OpKind::Register,
+                        };
+                    }
+                    return Kind::Generic;
+                }
                 if k0 != OpKind::Register {
                     return Kind::Generic;
                 }
@@ -138,14 +236,22 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
                         Some((s, ss)) if ss == size => Kind::AluRR { op, d, s, size },
                         _ => Kind::Generic,
                     },
-                    OpKind::Immediate8to32 | OpKind::Immediate8to64 | OpKind::Immediate32
+                    OpKind::Immediate8to32
+                    | OpKind::Immediate8to64
+                    | OpKind::Immediate32
                     | OpKind::Immediate32to64 => Kind::AluRI { op, d, size },
+                    OpKind::Memory if ins.memory_size().size() == size as usize => {
+                        Kind::AluRM { op, d, size }
+                    }
                     _ => Kind::Generic,
                 };
             }
             let cc = ins.condition_code();
             if cc != ConditionCode::None
-                && matches!(k0, OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64)
+                && matches!(
+                    k0,
+                    OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+                )
                 && ins.flow_control() == iced_x86::FlowControl::ConditionalBranch
                 && !matches!(m, M::Loop | M::Loope | M::Loopne)
             {
@@ -189,7 +295,12 @@ impl Cpu {
 
     /// Executes one instruction through its fast path, or the generic dispatcher.
     #[inline(always)]
-    pub(crate) fn exec_kind(&mut self, io: &mut dyn Platform, ins: &Instruction, kind: Kind) -> R<()> {
+    pub(crate) fn exec_kind(
+        &mut self,
+        io: &mut dyn Platform,
+        ins: &Instruction,
+        kind: Kind,
+    ) -> R<()> {
         match kind {
             Kind::Generic => self.exec(io, ins),
             Kind::Nop => Ok(()),
@@ -280,11 +391,51 @@ impl Cpu {
                 }
                 Ok(())
             }
+            Kind::AluRM { op, d, size } => {
+                let mk = mask(size as usize);
+                let lin = self.mem_lin(ins);
+                let user = self.user();
+                let b = self.read_lin(io, lin, size as usize, user)? & mk;
+                let a = self.gpr[d as usize] & mk;
+                if let Some(r) = self.alu(op, size, a, b) {
+                    put(self, d, size, r);
+                }
+                Ok(())
+            }
+            Kind::CmpTestM { op, size, imm } => {
+                let mk = mask(size as usize);
+                let lin = self.mem_lin(ins);
+                let user = self.user();
+                let a = self.read_lin(io, lin, size as usize, user)? & mk;
+                let b = if imm {
+                    ins.try_immediate(1).unwrap_or(0)
+                } else {
+                    self.reg_read(ins.op1_register())
+                } & mk;
+                self.alu(op, size, a, b);
+                Ok(())
+            }
+            Kind::StoreImm { size } => {
+                let lin = self.mem_lin(ins);
+                let user = self.user();
+                let v = ins.try_immediate(1).unwrap_or(0) & mask(size as usize);
+                self.write_lin(io, lin, size as usize, v, user)
+            }
             Kind::IncDec { inc, d, size } => {
                 let mk = mask(size as usize);
                 let a = self.gpr[d as usize] & mk;
-                let r = if inc { a.wrapping_add(1) } else { a.wrapping_sub(1) } & mk;
-                self.flags.set_lazy(if inc { LazyOp::Inc } else { LazyOp::Dec }, size as usize, a, 1, r);
+                let r = if inc {
+                    a.wrapping_add(1)
+                } else {
+                    a.wrapping_sub(1)
+                } & mk;
+                self.flags.set_lazy(
+                    if inc { LazyOp::Inc } else { LazyOp::Dec },
+                    size as usize,
+                    a,
+                    1,
+                    r,
+                );
                 put(self, d, size, r);
                 Ok(())
             }

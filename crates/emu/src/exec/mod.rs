@@ -57,7 +57,7 @@ impl Cpu {
     /// Linear address of the memory operand.
     #[inline(always)]
     pub(crate) fn mem_lin(&self, ins: &Instruction) -> u64 {
-        let seg = ins.memory_segment() as usize - Register::ES as usize;
+        let seg = (ins.memory_segment() as usize).saturating_sub(Register::ES as usize);
         self.seg_lin(seg.min(5), self.ea(ins))
     }
 
@@ -254,7 +254,7 @@ impl Cpu {
             | M::Clflushopt => Ok(()),
             M::Xlatb => {
                 let a = self.ea(ins);
-                let seg = ins.memory_segment() as usize - Register::ES as usize;
+                let seg = (ins.memory_segment() as usize).saturating_sub(Register::ES as usize);
                 let lin = self.seg_lin(seg.min(5), a);
                 let v = self.read_lin(io, lin, 1, self.user())?;
                 self.set_gpr_sized(0, 1, v);

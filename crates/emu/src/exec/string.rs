@@ -1,7 +1,9 @@
 //! String instructions (movs/stos/lods/cmps/scas/ins/outs) in all sizes and address sizes,
 //! with rep/repe/repne. A long REP is split into chunks: after `CHUNK` iterations the
 //! instruction ends without advancing RIP, so interrupts and the budget are honoured and
-//! the next execution continues where it stopped (as hardware does on interrupts).
+//! the next execution continues where it stopped (as hardware does on interrupts). Every
+//! iteration counts as one executed instruction (like QEMU's icount), so the run budget
+//! bounds the work done.
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
@@ -10,7 +12,7 @@ use crate::exceptions::{gp0, R};
 use crate::flags::{mask, LazyOp, DF};
 use crate::platform::Platform;
 
-const CHUNK: u64 = 1 << 16;
+const CHUNK: u64 = 1 << 14;
 
 fn asize_of(am: u64) -> usize {
     match am {
@@ -67,6 +69,7 @@ impl Cpu {
                     // Resume later at the same instruction.
                     self.next_rip = self.rip;
                     self.block_end = true;
+                    self.icount += n - 1;
                     return Ok(());
                 }
             }
@@ -144,6 +147,7 @@ impl Cpu {
                 }
             }
         }
+        self.icount += n.saturating_sub(1);
         Ok(())
     }
 
@@ -169,7 +173,10 @@ impl Cpu {
         let count = self.gpr[1] & am;
         let di = self.gpr[7] & am;
         let dst = self.seg_lin(ES, di);
-        let mut k = count.min(limit).min((4096 - (dst & 0xfff)) / sz).min((am - di) / sz + 1);
+        let mut k = count
+            .min(limit)
+            .min((4096 - (dst & 0xfff)) / sz)
+            .min((am - di) / sz + 1);
         let si = self.gpr[6] & am;
         let src = self.seg_lin(src_seg, si);
         if is_movs {

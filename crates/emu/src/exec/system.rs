@@ -253,11 +253,79 @@ impl Cpu {
                 std::mem::swap(&mut self.seg[GS].base, &mut self.msr.kernel_gs_base);
                 Ok(())
             }
+            M::Lar | M::Lsl | M::Verr | M::Verw => self.segment_query(io, ins),
             M::Syscall => self.syscall(),
             M::Sysret | M::Sysretq => self.sysret(ins),
             M::Ud0 | M::Ud1 | M::Ud2 => Err(ud()),
             _ => Err(self.unimplemented(ins)),
         }
+    }
+
+    /// LAR/LSL/VERR/VERW: inspect a descriptor without loading it; ZF reports validity.
+    fn segment_query(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        if self.real_mode() {
+            return Err(ud());
+        }
+        let m = ins.mnemonic();
+        let src = if matches!(m, M::Verr | M::Verw) { 0 } else { 1 };
+        let sel = self.rd(io, ins, src, 2)? as u16;
+        let desc = if sel & 0xfffc == 0 {
+            None
+        } else {
+            match self.read_descriptor(io, sel) {
+                Ok(d) => Some(d),
+                Err(f) if f.vector == crate::exceptions::GP => None,
+                Err(f) => return Err(f),
+            }
+        };
+        let ok = desc.and_then(|d| {
+            let s = crate::segments::parse_descriptor(sel, d);
+            let rpl = (sel & 3) as u8;
+            let code = s.s && s.type_ & 8 != 0;
+            let conforming = code && s.type_ & 4 != 0;
+            if !conforming && s.dpl < self.cpl.max(rpl) {
+                return None;
+            }
+            let long = self.efer & EFER_LMA != 0;
+            let valid = match m {
+                M::Verr => s.s && (!code || s.type_ & 2 != 0),
+                M::Verw => s.s && !code && s.type_ & 2 != 0,
+                M::Lar => {
+                    s.s || if long {
+                        matches!(s.type_, 2 | 9 | 11 | 12)
+                    } else {
+                        matches!(s.type_, 1..=5 | 9 | 11 | 12)
+                    }
+                }
+                _ => {
+                    s.s || if long {
+                        matches!(s.type_, 2 | 9 | 11)
+                    } else {
+                        matches!(s.type_, 1 | 2 | 3 | 9 | 11)
+                    }
+                }
+            };
+            valid.then_some((d, s))
+        });
+        match ok {
+            Some((d, s)) => {
+                self.flags.set_masked(crate::flags::ZF, crate::flags::ZF);
+                match m {
+                    M::Lar => {
+                        let v = (d >> 32) & 0x00f0_ff00;
+                        let r = ins.op0_register();
+                        self.reg_write(r, v & crate::flags::mask(r.size()));
+                    }
+                    M::Lsl => {
+                        let r = ins.op0_register();
+                        self.reg_write(r, s.limit as u64 & crate::flags::mask(r.size()));
+                    }
+                    _ => {}
+                }
+            }
+            None => self.flags.set_masked(crate::flags::ZF, 0),
+        }
+        Ok(())
     }
 
     fn syscall(&mut self) -> R<()> {

@@ -120,7 +120,7 @@ pub fn setup_long_mode(m: &GuestMemoryMmap) {
         0x00cf_f200_0000_ffff, // 0x20 user data
         0x00af_fa00_0000_ffff, // 0x28 user code 64
         0x0000_8900_0000_0067 | ((TSS & 0xff_ffff) << 16), // 0x30 TSS (low)
-        TSS >> 32,                                         // 0x38 TSS (high)
+        TSS >> 32,             // 0x38 TSS (high)
         0x00cf_9a00_0000_ffff, // 0x40 kernel code 32
     ];
     for (i, d) in gdt.iter().enumerate() {
@@ -220,5 +220,9 @@ pub fn run_to_halt(cpu: &mut Cpu, p: &mut TestPlatform) -> Exit {
 
 /// Vectors reported by the default handlers so far.
 pub fn vectors(p: &TestPlatform) -> Vec<u32> {
-    p.outs.iter().filter(|(port, _)| *port == VEC_PORT).map(|(_, v)| *v).collect()
+    p.outs
+        .iter()
+        .filter(|(port, _)| *port == VEC_PORT)
+        .map(|(_, v)| *v)
+        .collect()
 }

@@ -1,10 +1,12 @@
 //! Running the `wirt` binary from end-to-end tests.
 
+// Each test binary includes this module and uses a different subset of it.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// Whether /dev/kvm can be opened; prints why a test skips when not.
-#[allow(dead_code)] // used by some test binaries only
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -54,7 +56,6 @@ pub fn wirt_run(kernel: &Path, args: &[&str]) -> Run {
 }
 
 /// Runs `wirt run` on `kernel` with extra arguments and a custom time limit.
-#[allow(dead_code)] // not every test binary boots long-running guests
 pub fn wirt_run_for(kernel: &Path, args: &[&str], limit: std::time::Duration) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirt"));
     cmd.arg("run").arg("--kernel").arg(kernel).args(args);
@@ -62,7 +63,6 @@ pub fn wirt_run_for(kernel: &Path, args: &[&str], limit: std::time::Duration) ->
 }
 
 /// Runs `wirt` with arbitrary arguments.
-#[allow(dead_code)]
 pub fn wirt(args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirt"));
     cmd.args(args);

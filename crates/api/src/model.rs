@@ -1,0 +1,166 @@
+//! The JSON bodies of the REST API (see `openapi.json`, which documents exactly these).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use vmm::config::{EngineChoice, MemorySize};
+
+use crate::lifecycle::VmState;
+
+/// Longest VM name accepted (names become file names in the state directory).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A VM definition: the fields of `wirt run`'s flags, plus a name. What `POST /v1/vms`
+/// takes and what the state directory stores.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    /// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 64 characters, unique on this host.
+    pub name: String,
+    /// Kernel to boot (ELF vmlinux, bzImage or Multiboot), a path on the daemon's host.
+    pub kernel: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_cpus")]
+    pub cpus: u8,
+    /// Guest RAM: bytes as a number, or a string such as `"512M"`.
+    #[serde(
+        default = "default_memory",
+        deserialize_with = "memory_from_number_or_string"
+    )]
+    pub memory: MemorySize,
+    #[serde(default)]
+    pub engine: EngineChoice,
+}
+
+fn default_cpus() -> u8 {
+    1
+}
+
+fn default_memory() -> MemorySize {
+    MemorySize(512 << 20)
+}
+
+fn memory_from_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<MemorySize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Bytes(u64),
+        Text(String),
+    }
+    match Either::deserialize(d)? {
+        Either::Bytes(b) => Ok(MemorySize(b)),
+        Either::Text(s) => s.parse().map_err(serde::de::Error::custom),
+    }
+}
+
+/// Exit counts by reason and instructions executed (software engine), so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub exits: BTreeMap<String, u64>,
+    pub instructions: u64,
+    pub elapsed_ms: u64,
+}
+
+impl From<&vmm::stats::VmStats> for Stats {
+    fn from(s: &vmm::stats::VmStats) -> Self {
+        Stats {
+            exits: s
+                .exits
+                .iter()
+                .map(|(r, n)| (r.name().to_string(), *n))
+                .collect(),
+            instructions: s.instructions,
+            elapsed_ms: u64::try_from(s.elapsed.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// Everything the daemon knows about one VM (`GET /v1/vms/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    pub state: VmState,
+    /// Why the VM is `stopped` or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The status `wirt run` would have exited with for this outcome.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i32>,
+    pub config: VmSpec,
+    /// The engine the VM runs (or last ran) on: `kvm` or `sw`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    pub vcpus: u8,
+    pub memory_bytes: u64,
+    /// Milliseconds since start, while running or paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    /// Live counters while running or paused; final counters once stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<Stats>,
+}
+
+/// One line of `GET /v1/events`: a VM changed state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub vm: String,
+    /// The new state, or `deleted`.
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable, machine-readable: see [`crate::error::ApiError::code`].
+    pub code: String,
+    /// One line for a person.
+    pub message: String,
+}
+
+/// Whether `name` is an acceptable VM name.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= MAX_NAME_LEN
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web-1.test_a"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(".hidden"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("../x"));
+        assert!(!valid_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn spec_accepts_memory_as_number_or_string_and_rejects_unknown_fields() {
+        let s: VmSpec =
+            serde_json::from_str(r#"{"name":"a","kernel":"/k","memory":"64M"}"#).unwrap();
+        assert_eq!(s.memory, MemorySize(64 << 20));
+        assert_eq!(s.cpus, 1);
+        let s: VmSpec =
+            serde_json::from_str(r#"{"name":"a","kernel":"/k","memory":4194304}"#).unwrap();
+        assert_eq!(s.memory, MemorySize(4 << 20));
+        assert!(
+            serde_json::from_str::<VmSpec>(r#"{"name":"a","kernel":"/k","memory":"12Q"}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<VmSpec>(r#"{"name":"a","kernel":"/k","colour":1}"#).is_err()
+        );
+    }
+}
