@@ -282,18 +282,30 @@ impl Cpu {
             if self.icount >= target {
                 return Exit::BudgetExhausted;
             }
-            self.run_block(io, single);
+            // Single-step (TF): one instruction, then a #DB trap after it.
+            let tf = self.flags.bits & flags::TF != 0;
+            if self.run_block(io, single || tf) && tf {
+                self.dr[6] |= 1 << 14; // DR6.BS
+                let f = Fault::new(crate::exceptions::DB);
+                let rip = self.rip;
+                if let Err(f2) = self.deliver_exception(io, f, rip) {
+                    self.handle_fault(io, f2);
+                }
+            }
         }
     }
 
-    fn run_block(&mut self, io: &mut dyn Platform, single: bool) {
+    /// Runs one block (one instruction if `single`); returns whether the last instruction
+    /// completed without an exception.
+    fn run_block(&mut self, io: &mut dyn Platform, single: bool) -> bool {
         let (block, key) = match self.fetch_block(io) {
             Ok(b) => b,
             Err(f) => {
                 self.handle_fault(io, f);
-                return;
+                return false;
             }
         };
+        let mut completed = true;
         let mask = match self.bitness {
             64 => u64::MAX,
             32 => 0xffff_ffff,
@@ -310,6 +322,7 @@ impl Cpu {
                     self.icount += 1;
                     self.handle_fault(io, f);
                     self.block_end = false;
+                    completed = false;
                     break;
                 }
             }
@@ -321,6 +334,7 @@ impl Cpu {
         if let Some(key) = key {
             self.cache.put_back(key, block);
         }
+        completed
     }
 
     /// Delivers an exception raised by an instruction (RIP still points at it), escalating

@@ -229,9 +229,57 @@ impl Cpu {
         e
     }
 
-    /// Reads `size` (1..=8) bytes at a linear address.
-    #[inline]
+    /// Reads `size` (1..=8) bytes at a linear address. The common case (TLB hit on RAM,
+    /// access inside one page) is inlined into the caller.
+    #[inline(always)]
     pub(crate) fn read_lin(
+        &mut self,
+        io: &mut dyn Platform,
+        lin: u64,
+        size: usize,
+        user: bool,
+    ) -> R<u64> {
+        let off = (lin & 0xfff) as usize;
+        if matches!(size, 1 | 2 | 4 | 8) && off + size <= PAGE_SIZE as usize {
+            if let Some(e) = self.tlb.lookup(lin, Access::Read.required(user)) {
+                if !e.host.is_null() {
+                    // SAFETY: off + size <= 4096 and host points at a whole page of RAM.
+                    return Ok(unsafe { memory::load(e.host.add(off), size) });
+                }
+            }
+        }
+        self.read_lin_slow(io, lin, size, user)
+    }
+
+    /// Writes `size` (1..=8) bytes at a linear address (fast path inlined, see `read_lin`).
+    #[inline(always)]
+    pub(crate) fn write_lin(
+        &mut self,
+        io: &mut dyn Platform,
+        lin: u64,
+        size: usize,
+        v: u64,
+        user: bool,
+    ) -> R<()> {
+        let off = (lin & 0xfff) as usize;
+        if matches!(size, 1 | 2 | 4 | 8) && off + size <= PAGE_SIZE as usize {
+            if let Some(e) = self.tlb.lookup(lin, Access::Write.required(user)) {
+                if !e.host.is_null() {
+                    let (host, vidx) = (e.host, e.vidx);
+                    // SAFETY: off + size <= 4096 and host points at a whole page of RAM.
+                    unsafe { memory::store(host.add(off), size, v) };
+                    if self.ram.versions().note_write_page(vidx) {
+                        self.block_end = true;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.write_lin_slow(io, lin, size, v, user)
+    }
+
+    #[inline(never)]
+    fn read_lin_slow(
         &mut self,
         io: &mut dyn Platform,
         lin: u64,
@@ -256,9 +304,8 @@ impl Cpu {
         Ok(u64::from_le_bytes(buf))
     }
 
-    /// Writes `size` (1..=8) bytes at a linear address.
-    #[inline]
-    pub(crate) fn write_lin(
+    #[inline(never)]
+    fn write_lin_slow(
         &mut self,
         io: &mut dyn Platform,
         lin: u64,

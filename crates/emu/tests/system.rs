@@ -777,3 +777,36 @@ fn real_mode_to_protected_mode_like_the_ap_trampoline() {
     assert_eq!(r.cs.selector, CODE32);
     assert!(r.cs.db);
 }
+
+#[test]
+fn trap_flag_single_steps_with_db() {
+    let m = memory();
+    setup_long_mode(&m);
+    let handler = HANDLERS + 0x1000;
+    load(
+        &m,
+        handler,
+        &asm64(handler, |a| {
+            a.mov(rax, qword_ptr(rsp)).unwrap(); // return RIP
+            a.out(0xe7, eax).unwrap();
+            a.hlt().unwrap();
+        }),
+    );
+    set_gate(&m, 1, handler, 0, 0);
+    let code = asm64(CODE, |a| {
+        a.pushfq().unwrap();
+        a.or(qword_ptr(rsp), 0x100).unwrap();
+        a.popfq().unwrap(); // TF set: the trap comes after the *next* instruction
+        a.nop().unwrap();
+        a.nop().unwrap();
+        a.hlt().unwrap();
+    });
+    let first_nop = CODE + code.len() as u64 - 3;
+    load(&m, CODE, &code);
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(&long_mode_regs(CODE));
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    assert_eq!(outs(&p, 0xe7), vec![(first_nop + 1) as u32]);
+    assert_ne!(cpu.regs().dr[6] & (1 << 14), 0, "DR6.BS");
+}

@@ -1,12 +1,17 @@
 //! Virtio: paravirtualized devices in the split-driver model. The front-end driver runs in
-//! the guest; the back ends here run on wirt's virtio event-loop thread.
+//! the guest; the back ends here run on wirt's virtio event-loop thread, never on a vCPU
+//! thread.
 //!
 //! How the VMM wires a device:
-//! 1. wrap guest memory and the code-cache invalidation callback in a [`GuestRam`];
-//! 2. build a device ([`block::Block`], [`rng::Rng`], [`console::Console`], ...) and put it
-//!    in an [`MmioTransport`] with the interrupt sink and a GSI;
-//! 3. insert the transport on the MMIO bus at its base with [`MMIO_WINDOW_SIZE`], announce it
-//!    ([`mmio_cmdline_arg`] or the DSDT), optionally register [`MmioTransport::queue_kicks`]
+//! 1. wrap guest memory and the code-cache invalidation callback in a [`GuestRam`] — every
+//!    device write to guest memory goes through it and is reported;
+//! 2. build a device ([`block::Block`], [`rng::Rng`], [`console::Console`],
+//!    [`balloon::Balloon`], [`net::Net`], [`vsock::Vsock`]) and put it in an
+//!    [`MmioTransport`] (interrupt sink + GSI) or a [`transport::pci::PciTransport`]
+//!    (MSI sink and/or INTx) behind a [`transport::pci::root::PciRoot`];
+//! 3. insert an MMIO transport on the MMIO bus at its base with [`MMIO_WINDOW_SIZE`] and
+//!    announce it ([`mmio_cmdline_arg`], or the DSDT through
+//!    `arch::acpi::DsdtDevice::virtio_mmio`); optionally register the queue kick eventfds
 //!    as KVM ioeventfds;
 //! 4. [`EventLoop::add`] each transport, then [`EventLoop::spawn`].
 
@@ -32,4 +37,5 @@ pub use event_loop::{EventLoop, EventLoopHandle};
 pub use guest_ram::{ignore_guest_writes, GuestRam, GuestWriteNotifier};
 pub use interrupt::VirtioInterrupt;
 pub use transport::mmio::{mmio_cmdline_arg, MmioTransport, TransportError, MMIO_WINDOW_SIZE};
-pub use transport::state::{MmioState, QueueSnapshot};
+pub use transport::state::{CoreState, MmioState, PciState, QueueSnapshot};
+pub use transport::VirtioTransport;

@@ -103,7 +103,7 @@ impl TestDriver {
         let sink = Arc::new(RecordingSink::default());
         let transport = Arc::new(MmioTransport::new(device, ram, sink.clone(), GSI).unwrap());
         let mut events = EventLoop::new().unwrap();
-        events.add(&transport).unwrap();
+        events.add(&*transport).unwrap();
         TestDriver {
             mem,
             transport,

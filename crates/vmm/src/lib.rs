@@ -24,6 +24,9 @@ pub struct RunOptions {
     pub stats: bool,
     /// Print the engine chosen and when the guest became ready.
     pub verbose: bool,
+    /// Hold console input until the guest's first boot-timer write: the default guest's
+    /// console is not ready for input before that, and bytes piped in early would be lost.
+    pub hold_input_until_ready: bool,
 }
 
 /// Everything that can stop a VM from starting.

@@ -127,7 +127,14 @@ impl RunningVm {
 
         let input_devices = devices.clone();
         let input_outcome = outcome.clone();
+        let hold = opts.hold_input_until_ready;
         let deliver: Deliver = Arc::new(move |bytes: &[u8]| {
+            while hold
+                && input_devices.control.guest_ready().is_none()
+                && !input_outcome.is_decided()
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             input_devices.deliver_serial_input(bytes, &|| input_outcome.is_decided())
         });
         console

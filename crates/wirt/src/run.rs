@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use vmm::config::{EngineChoice, MemorySize, SerialConfig, VmConfig};
+use vmm::outcome::StopReason;
 use vmm::RunOptions;
 
 #[derive(Args, Debug)]
@@ -40,6 +41,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let default_guest = args.kernel.is_none();
     let (kernel, initrd, cmdline) = match args.kernel {
         Some(k) => (k, args.initrd, args.cmdline.unwrap_or_default()),
         None => {
@@ -62,9 +64,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let opts = RunOptions {
         stats: args.stats,
         verbose: args.verbose,
+        hold_input_until_ready: default_guest,
     };
     let report = vmm::run_vm(&config, &opts)?;
-    if args.verbose || report.reason.exit_status() >= 4 && report.reason.exit_status() % 2 == 0 {
+    // Outcomes that are failures of the guest or of wirt are always explained.
+    let failed = matches!(
+        report.reason,
+        StopReason::TripleFault | StopReason::InternalError { .. } | StopReason::Failed(_)
+    );
+    if args.verbose || failed {
         eprintln!("wirt: {}", report.reason.describe());
     }
     if args.stats {

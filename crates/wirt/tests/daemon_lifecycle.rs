@@ -5,8 +5,8 @@
 mod daemon_support;
 
 use daemon_support::{
-    alive, create_args, eventually, exiting_guest, instructions, long_running_guest, temp_dir,
-    Daemon,
+    alive, create_args, eventually, exiting_guest, instructions, long_running_guest, raw_status,
+    temp_dir, Daemon,
 };
 
 fn create_and_start(d: &Daemon, name: &str, kernel: &std::path::Path) -> serde_json::Value {
@@ -63,7 +63,8 @@ fn two_vms_run_pause_resume_stop_and_their_definitions_survive_a_restart() {
     let (status, v) = d.vm(&["stop", "alpha", "--timeout", "1"]);
     assert_eq!(status, 7, "{v}");
     assert_eq!(v["state"], "stopped", "{v}");
-    let v = d.vm_ok(&["kill", "beta"]);
+    d.vm_ok(&["pause", "beta"]);
+    let v = d.vm_ok(&["kill", "beta"]); // a paused VM can be killed too
     assert_eq!(v["state"], "stopped", "{v}");
     assert!(v["stats"]["instructions"].as_u64().unwrap() > 0, "{v}");
     let (status, _) = d.vm(&["pause", "beta"]);
@@ -138,11 +139,12 @@ fn guest_exits_vmm_crashes_and_daemon_crashes_are_handled() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    eventually("the console is attached", || {
-        d.vm(&["console", "victim"]).0 == 5
-    });
+    // Without an upgrade request the daemon answers 426, or 409 while a client is attached.
+    let console_status = || raw_status(&d.socket, "GET", "/v1/vms/victim/console");
+    eventually("the console is attached", || console_status() == 409);
     d.vm_ok(&["kill", "victim"]);
     let out = console.wait_with_output().unwrap();
+    assert_eq!(console_status(), 409, "a stopped VM has no console");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("attached to victim's console"), "{stderr}");
@@ -161,6 +163,12 @@ fn guest_exits_vmm_crashes_and_daemon_crashes_are_handled() {
     let d = Daemon::start(&dir);
     let ls = d.vm_ok(&["ls"]);
     assert_eq!(ls["vms"].as_array().unwrap().len(), 2, "{ls}");
+
+    // Stopping the daemon (SIGTERM) kills its VMMs and reaps them before it exits.
+    d.vm_ok(&["start", "victim"]);
+    let vmm = d.children();
+    assert_eq!(vmm.len(), 1);
     d.stop();
+    assert!(!alive(vmm[0]), "a VMM outlived its daemon");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -25,6 +25,12 @@ use crate::legacy::sync::lock;
 pub const PM1_TMR: u16 = 1 << 0;
 /// PM1 status/enable bit: the fixed-feature power button was pressed.
 pub const PM1_PWRBTN: u16 = 1 << 8;
+/// PM1 status/enable bit: the global lock was released (kept, never generated).
+pub const PM1_GBL: u16 = 1 << 5;
+/// PM1 status/enable bit: the fixed-feature sleep button (kept, never generated).
+pub const PM1_SLPBTN: u16 = 1 << 9;
+/// PM1 status/enable bit: the RTC alarm (kept, never generated).
+pub const PM1_RTC: u16 = 1 << 10;
 /// PM1 status bit: the system woke (set on resume; never set here).
 pub const PM1_WAK_STS: u16 = 1 << 15;
 
@@ -38,8 +44,9 @@ pub const PM1_CNT_SLP_EN: u16 = 1 << 13;
 
 /// Status bits this model can set; writes of 1 clear them.
 const PM1_STS_MASK: u16 = PM1_TMR | PM1_PWRBTN | PM1_WAK_STS;
-/// Enable bits this model keeps.
-const PM1_EN_MASK: u16 = PM1_TMR | PM1_PWRBTN;
+/// Enable bits this model keeps. ACPICA reads back every enable bit it sets and reports
+/// an error when it did not stick, so the bits of events we never raise are kept too.
+const PM1_EN_MASK: u16 = PM1_TMR | PM1_GBL | PM1_PWRBTN | PM1_SLPBTN | PM1_RTC;
 /// Control bits that read back what was written (BM_RLD and SLP_TYP).
 const PM1_CNT_STORED: u16 = (1 << 1) | PM1_CNT_SLP_TYP_MASK;
 
@@ -289,6 +296,18 @@ mod tests {
         let mut d = [0u8; 2];
         dev.read(offset, &mut d);
         u16::from_le_bytes(d)
+    }
+
+    #[test]
+    fn enable_bits_acpica_sets_read_back() {
+        let sink: Arc<dyn InterruptSink> = Arc::new(crate::interrupt::NullInterruptSink);
+        let evt = Pm1Event::new(sink, 9);
+        for bit in [PM1_GBL, PM1_RTC, PM1_PWRBTN, PM1_SLPBTN] {
+            evt.write(2, &bit.to_le_bytes());
+            assert_eq!(read16(&evt, 2), bit, "enable bit {bit:#x} must stick");
+        }
+        evt.write(2, &0x8000u16.to_le_bytes());
+        assert_eq!(read16(&evt, 2), 0, "reserved bits read as zero");
     }
 
     #[test]

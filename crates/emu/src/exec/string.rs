@@ -8,7 +8,7 @@
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
 use crate::cpu::{Cpu, ES};
-use crate::exceptions::{gp0, R};
+use crate::exceptions::R;
 use crate::flags::{mask, LazyOp, DF};
 use crate::platform::Platform;
 
@@ -57,7 +57,7 @@ impl Cpu {
             m,
             M::Insb | M::Insw | M::Insd | M::Outsb | M::Outsw | M::Outsd
         ) {
-            self.check_io_privilege()?;
+            self.check_io_permission(io, self.gpr[2] as u16, size)?;
         }
         let mut n = 0u64;
         loop {
@@ -241,16 +241,5 @@ impl Cpu {
         self.set_gpr_sized(7, asz, di.wrapping_add(k * sz));
         self.set_gpr_sized(1, asz, count - k);
         Ok(k)
-    }
-
-    pub(crate) fn check_io_privilege(&self) -> R<()> {
-        if !self.real_mode() {
-            let iopl = ((self.flags.bits & crate::flags::IOPL) >> 12) as u8;
-            if self.cpl > iopl || self.flags.bits & crate::flags::VM != 0 {
-                // The TSS I/O permission bitmap is not consulted.
-                return Err(gp0());
-            }
-        }
-        Ok(())
     }
 }

@@ -1,5 +1,5 @@
-//! The raw-image file behind a virtio-blk device: positioned reads and writes, `fdatasync`,
-//! and hole punching / zeroing with `fallocate`.
+//! The image behind a virtio-blk device: a raw file (positioned reads and writes, `fdatasync`,
+//! hole punching / zeroing with `fallocate`) or a qcow2 image ([`Disk`]).
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -101,5 +101,69 @@ impl RawFile {
             done += n as u64;
         }
         Ok(())
+    }
+}
+
+/// A disk image of any supported format.
+#[derive(Debug)]
+pub enum Disk {
+    Raw(RawFile),
+    Qcow2(crate::block::qcow2::Qcow2File),
+}
+
+macro_rules! each {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            Disk::Raw($d) => $e,
+            Disk::Qcow2($d) => $e,
+        }
+    };
+}
+
+impl Disk {
+    pub fn open(
+        path: &Path,
+        format: crate::config::DiskFormat,
+        readonly: bool,
+    ) -> std::io::Result<Self> {
+        Ok(match format {
+            crate::config::DiskFormat::Raw => Disk::Raw(RawFile::open(path, readonly)?),
+            crate::config::DiskFormat::Qcow2 => {
+                Disk::Qcow2(crate::block::qcow2::Qcow2File::open(path, readonly)?)
+            }
+        })
+    }
+
+    /// Virtual size in bytes.
+    pub fn len(&self) -> u64 {
+        each!(self, d => d.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn readonly(&self) -> bool {
+        each!(self, d => d.readonly())
+    }
+
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        each!(self, d => d.read_exact_at(buf, offset))
+    }
+
+    pub fn write_all_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        each!(self, d => d.write_all_at(buf, offset))
+    }
+
+    pub fn flush(&self) -> std::io::Result<()> {
+        each!(self, d => d.flush())
+    }
+
+    pub fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        each!(self, d => d.punch_hole(offset, len))
+    }
+
+    pub fn zero_range(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        each!(self, d => d.zero_range(offset, len))
     }
 }

@@ -1,4 +1,4 @@
-//! virtio-blk over a raw image file.
+//! virtio-blk over a raw or qcow2 image.
 //!
 //! The event loop pops and checks request chains and hands them to a small pool of I/O
 //! threads ([`workers`]); completions come back through an eventfd. No disk I/O ever runs on a
@@ -6,17 +6,18 @@
 //! its completion, as Linux does) is on the host disk.
 
 pub mod backend;
+pub mod qcow2;
 pub mod request;
 pub mod workers;
 
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
-use crate::block::backend::RawFile;
+use crate::block::backend::Disk;
 use crate::block::request::{MAX_DWZ_SEGMENTS, SECTOR_SIZE};
 use crate::block::workers::{Job, WorkerPool};
 use crate::chain::DescChain;
-use crate::config::{DiskConfig, DiskFormat};
+use crate::config::DiskConfig;
 use crate::device::{read_config_bytes, DeviceContext, DeviceError, DeviceEvent, VirtioDevice};
 
 /// Queue size offered to the driver.
@@ -30,15 +31,13 @@ const CONFIG_LEN: usize = 60;
 /// Why a block device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockError {
-    #[error("cannot open disk image {path}: {source}")]
+    #[error("cannot open disk image {path} (check the path and format=): {source}")]
     Open {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("cannot start the disk I/O threads: {0}")]
     Workers(std::io::Error),
-    #[error("disk format {0} is not supported yet (only raw)")]
-    UnsupportedFormat(DiskFormat),
 }
 
 /// A virtio-blk device.
@@ -57,13 +56,11 @@ impl std::fmt::Debug for Block {
 
 impl Block {
     pub fn new(cfg: &DiskConfig) -> Result<Self, BlockError> {
-        if cfg.format != DiskFormat::Raw {
-            return Err(BlockError::UnsupportedFormat(cfg.format));
-        }
-        let disk = RawFile::open(&cfg.path, cfg.readonly).map_err(|source| BlockError::Open {
-            path: cfg.path.clone(),
-            source,
-        })?;
+        let disk =
+            Disk::open(&cfg.path, cfg.format, cfg.readonly).map_err(|source| BlockError::Open {
+                path: cfg.path.clone(),
+                source,
+            })?;
         let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
         if let Some(s) = &cfg.serial {
             let n = s.len().min(serial.len());

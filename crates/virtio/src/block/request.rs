@@ -8,7 +8,7 @@
 
 use virtio_bindings::virtio_blk::*;
 
-use crate::block::backend::RawFile;
+use crate::block::backend::Disk;
 use crate::chain::{split_at, ChainError, ChainReader, ChainWriter, DescChain};
 use crate::guest_ram::GuestRam;
 
@@ -31,7 +31,7 @@ pub enum Status {
 
 /// What a device needs to run requests.
 pub struct BlockBackend<'a> {
-    pub disk: &'a RawFile,
+    pub disk: &'a Disk,
     pub serial: &'a [u8; VIRTIO_BLK_ID_BYTES as usize],
     /// Whether discard / write-zeroes were offered (not for read-only disks).
     pub discard: bool,
@@ -109,7 +109,7 @@ impl RequestError {
     }
 }
 
-fn byte_range(disk: &RawFile, sector: u64, len: u64) -> Result<u64, RequestError> {
+fn byte_range(disk: &Disk, sector: u64, len: u64) -> Result<u64, RequestError> {
     let out = RequestError::OutOfDisk { sector, len };
     let offset = sector
         .checked_mul(SECTOR_SIZE)
@@ -199,7 +199,7 @@ fn run(
 
 fn discard_or_zero(
     reader: &mut ChainReader<'_>,
-    disk: &RawFile,
+    disk: &Disk,
     discard: bool,
 ) -> Result<(), RequestError> {
     let len = reader.remaining();

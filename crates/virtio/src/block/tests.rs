@@ -7,6 +7,7 @@ use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_NEEDS_RESET;
 use virtio_bindings::virtio_mmio::*;
 
 use super::*;
+use crate::config::DiskFormat;
 use crate::test_driver::{r, w, TestDriver};
 
 const DISK_SIZE: usize = 1 << 20;
@@ -400,7 +401,7 @@ fn indirect_descriptors_and_event_idx() {
     .into_iter()
     .enumerate()
     {
-        t.extend((addr as u64).to_le_bytes());
+        t.extend(addr.to_le_bytes());
         t.extend((len as u32).to_le_bytes());
         t.extend(flags.to_le_bytes());
         t.extend(((i + 1) as u16).to_le_bytes());
@@ -441,4 +442,72 @@ fn indirect_descriptors_and_event_idx() {
     d.kick(0);
     assert_eq!(d.wait_used(0), Some((0, 0)));
     d.take_interrupt();
+}
+
+#[test]
+fn qcow2_image_read_write_discard() {
+    use imago::file::File;
+    use imago::qcow2::Qcow2;
+    use imago::{
+        DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Storage,
+        StorageCreateOptions,
+    };
+    let path = std::env::temp_dir().join(format!("wirt-virtio-{}-q.qcow2", std::process::id()));
+    let _cleanup = TempDisk(path.clone());
+    {
+        let file = File::create_open(StorageCreateOptions::new().filename(&path)).unwrap();
+        let q = Qcow2::<File>::create_builder(file)
+            .size(DISK_SIZE as u64)
+            .create_open(DenyImplicitOpenGate::default(), |image| {
+                Ok(Qcow2::<File>::builder(image).backing(None).write(true))
+            })
+            .unwrap();
+        let access = FormatAccess::new(q);
+        access.write(&[0x5a; 4096][..], 8192).unwrap();
+        access.flush().unwrap();
+    }
+    let cfg: DiskConfig = format!("path={},format=qcow2,serial=q", path.display())
+        .parse()
+        .unwrap();
+    let mut d = TestDriver::new(Box::new(Block::new(&cfg).unwrap()));
+    d.init(
+        1 << VIRTIO_BLK_F_FLUSH | 1 << VIRTIO_BLK_F_DISCARD | 1 << VIRTIO_BLK_F_WRITE_ZEROES,
+        1,
+        16,
+    );
+    let mut cap = [0u8; 8];
+    devices::legacy::bus::BusDevice::read(&*d.transport, 0x100, &mut cap);
+    assert_eq!(
+        u64::from_le_bytes(cap),
+        (DISK_SIZE / 512) as u64,
+        "virtual size, not file size"
+    );
+
+    let (s, data, _) = read(&mut d, 16, 1024);
+    assert_eq!((s, data), (0, vec![0x5a; 1024]));
+    let (s, data, _) = read(&mut d, 100, 512);
+    assert_eq!(
+        (s, data),
+        (0, vec![0; 512]),
+        "unallocated clusters read as zero"
+    );
+    let payload: Vec<u8> = (0..2048u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(write(&mut d, 300, &payload), 0);
+    assert_eq!(simple(&mut d, VIRTIO_BLK_T_FLUSH), 0);
+    let (s, back, _) = read(&mut d, 300, 2048);
+    assert_eq!((s, back), (0, payload.clone()));
+    assert_eq!(dwz(&mut d, VIRTIO_BLK_T_DISCARD, 16, 8, 0), 0);
+    let (_, data, _) = read(&mut d, 16, 1024);
+    assert_eq!(data, vec![0; 1024], "discarded");
+    drop(d);
+
+    // The data is in the image, readable by another opener.
+    let q = Qcow2::<File>::builder_path(&path)
+        .write(false)
+        .open(imago::PermissiveImplicitOpenGate::default())
+        .unwrap();
+    let access = FormatAccess::new(q);
+    let mut buf = vec![0u8; 2048];
+    access.read(&mut buf[..], 300 * 512).unwrap();
+    assert_eq!(buf, payload);
 }

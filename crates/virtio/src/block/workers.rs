@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use virtio_bindings::virtio_blk::VIRTIO_BLK_ID_BYTES;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::block::backend::RawFile;
+use crate::block::backend::Disk;
 use crate::block::request::{execute, BlockBackend};
 use crate::chain::{ChainError, DescChain};
 use crate::guest_ram::GuestRam;
@@ -28,7 +28,7 @@ pub struct Job {
 }
 
 struct Shared {
-    disk: RawFile,
+    disk: Disk,
     serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
     discard: bool,
     /// Finished `(head, used length)` pairs for the event loop.
@@ -51,7 +51,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl WorkerPool {
     pub fn new(
-        disk: RawFile,
+        disk: Disk,
         serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
         discard: bool,
         workers: usize,
@@ -83,7 +83,7 @@ impl WorkerPool {
         })
     }
 
-    pub fn disk(&self) -> &RawFile {
+    pub fn disk(&self) -> &Disk {
         &self.shared.disk
     }
 

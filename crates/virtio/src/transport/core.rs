@@ -16,6 +16,7 @@ use virtio_queue::{Queue, QueueT};
 use crate::device::{DeviceContext, DeviceEvent, VirtioDevice};
 use crate::guest_ram::GuestRam;
 use crate::interrupt::VirtioIrq;
+use crate::transport::state::{CoreState, QueueSnapshot};
 
 /// The state behind the register file, shared with the event loop.
 pub struct VirtioCore {
@@ -176,6 +177,39 @@ impl VirtioCore {
 
     pub(crate) fn extra_fds(&self) -> Vec<RawFd> {
         self.device.extra_fds()
+    }
+
+    /// Snapshot of negotiation, queues and configuration space.
+    pub(crate) fn state(&self) -> CoreState {
+        CoreState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            queues: self.queues.iter().map(QueueSnapshot::of).collect(),
+            config: self.config_snapshot(),
+        }
+    }
+
+    /// Resume from `state`; a device that was running is activated again.
+    pub(crate) fn restore(&mut self, state: &CoreState) {
+        self.status = state.status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.config_generation = state.config_generation;
+        for (q, s) in self.queues.iter_mut().zip(&state.queues) {
+            s.apply(q);
+        }
+        self.activated = false;
+        if state.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.device.activate(self.driver_features);
+            self.activated = true;
+        }
     }
 
     pub(crate) fn config_snapshot(&self) -> Vec<u8> {

@@ -21,7 +21,7 @@ use crate::device::VirtioDevice;
 use crate::guest_ram::GuestRam;
 use crate::interrupt::VirtioInterrupt;
 use crate::transport::core::{lock_core, VirtioCore};
-use crate::transport::state::{MmioState, QueueSnapshot};
+use crate::transport::state::MmioState;
 
 /// Size of a virtio-mmio register window.
 pub const MMIO_WINDOW_SIZE: u64 = 0x200;
@@ -202,43 +202,18 @@ impl MmioTransport {
         self.lock().status
     }
 
-
     /// Snapshot of the register file and queues.
     pub fn state(&self) -> MmioState {
-        let core = self.lock();
         MmioState {
-            device_type: core.device.device_type(),
-            status: core.status,
-            device_features_sel: core.device_features_sel,
-            driver_features_sel: core.driver_features_sel,
-            driver_features: core.driver_features,
-            queue_sel: core.queue_sel,
-            config_generation: core.config_generation,
+            core: self.lock().state(),
             interrupt_status: self.interrupt.status(),
-            queues: core.queues.iter().map(QueueSnapshot::of).collect(),
-            config: core.config_snapshot(),
         }
     }
 
     /// Resume from a snapshot taken of the same kind of device.
     pub fn restore(&self, state: &MmioState) {
-        let mut core = self.lock();
-        core.status = state.status;
-        core.device_features_sel = state.device_features_sel;
-        core.driver_features_sel = state.driver_features_sel;
-        core.driver_features = state.driver_features;
-        core.queue_sel = state.queue_sel;
-        core.config_generation = state.config_generation;
-        for (q, s) in core.queues.iter_mut().zip(&state.queues) {
-            s.apply(q);
-        }
+        self.lock().restore(&state.core);
         self.interrupt.restore(state.interrupt_status);
-        core.activated = false;
-        if state.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
-            let features = core.driver_features;
-            core.device.activate(features);
-            core.activated = true;
-        }
     }
 }
 
@@ -379,9 +354,9 @@ mod tests {
         d.request(0, &[w(buf, 8)]);
         d.request(0, &[w(buf, 8)]);
         let state = d.transport.state();
-        assert_eq!(state.queues[0].next_used, 2);
-        assert_eq!(state.queues[0].size, 8);
-        assert_ne!(state.status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
+        assert_eq!(state.core.queues[0].next_used, 2);
+        assert_eq!(state.core.queues[0].size, 8);
+        assert_ne!(state.core.status & VIRTIO_CONFIG_S_DRIVER_OK, 0);
         let json = serde_json::to_string(&state).unwrap();
         let back: MmioState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, state);

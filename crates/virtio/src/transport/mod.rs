@@ -2,8 +2,8 @@
 
 pub mod core;
 pub mod mmio;
-pub mod state;
 pub mod pci;
+pub mod state;
 
 use std::sync::{Arc, Mutex};
 

@@ -48,9 +48,9 @@ impl QueueSnapshot {
     }
 }
 
-/// The virtio-mmio register file plus queues: everything needed to resume a device.
+/// The transport-independent device state: negotiation, queues, configuration space.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MmioState {
+pub struct CoreState {
     pub device_type: u32,
     pub status: u32,
     pub device_features_sel: u32,
@@ -58,8 +58,37 @@ pub struct MmioState {
     pub driver_features: u64,
     pub queue_sel: u32,
     pub config_generation: u32,
-    pub interrupt_status: u32,
     pub queues: Vec<QueueSnapshot>,
     /// The device configuration space as the driver last saw it.
     pub config: Vec<u8>,
+}
+
+/// A virtio-mmio device: everything needed to resume it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioState {
+    pub core: CoreState,
+    pub interrupt_status: u32,
+}
+
+/// MSI-X and INTx state of a virtio-pci function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciIrqState {
+    pub msix_enabled: bool,
+    pub function_masked: bool,
+    /// Per vector: address low, address high, data, vector control.
+    pub table: Vec<[u32; 4]>,
+    pub pending: Vec<bool>,
+    pub config_vector: u16,
+    pub queue_vectors: Vec<u16>,
+    pub isr: u8,
+}
+
+/// A virtio-pci function: everything needed to resume it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciState {
+    pub core: CoreState,
+    pub command: u16,
+    pub bar0: u64,
+    pub interrupt_line: u8,
+    pub irq: PciIrqState,
 }

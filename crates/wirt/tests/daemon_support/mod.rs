@@ -184,3 +184,21 @@ pub fn eventually(what: &str, cond: impl Fn() -> bool) {
 pub fn instructions(info: &Value) -> u64 {
     info["stats"]["instructions"].as_u64().unwrap_or(0)
 }
+
+/// The HTTP status of a bodiless request, spoken by hand (no client library involved).
+pub fn raw_status(socket: &Path, method: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = UnixStream::connect(socket).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: wirt\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}

@@ -10,6 +10,7 @@ use devices::InterruptSink;
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 
 use crate::interrupt::VirtioIrq;
+use crate::transport::state::PciIrqState;
 
 /// "No vector" in the virtio-pci vector registers.
 pub const NO_VECTOR: u16 = 0xffff;
@@ -126,16 +127,28 @@ impl PciIrq {
     /// Set the config vector; reads back NO_VECTOR if `v` is out of range.
     pub fn set_config_vector(&self, v: u16) {
         let mut s = self.lock();
-        s.config_vector = if usize::from(v) < s.table.len() { v } else { NO_VECTOR };
+        s.config_vector = if usize::from(v) < s.table.len() {
+            v
+        } else {
+            NO_VECTOR
+        };
     }
 
     pub fn queue_vector(&self, q: usize) -> u16 {
-        self.lock().queue_vectors.get(q).copied().unwrap_or(NO_VECTOR)
+        self.lock()
+            .queue_vectors
+            .get(q)
+            .copied()
+            .unwrap_or(NO_VECTOR)
     }
 
     pub fn set_queue_vector(&self, q: usize, v: u16) {
         let mut s = self.lock();
-        let v = if usize::from(v) < s.table.len() { v } else { NO_VECTOR };
+        let v = if usize::from(v) < s.table.len() {
+            v
+        } else {
+            NO_VECTOR
+        };
         if let Some(slot) = s.queue_vectors.get_mut(q) {
             *slot = v;
         }
@@ -178,7 +191,7 @@ impl PciIrq {
     pub fn table_write(&self, offset: u64, data: &[u8]) {
         let mut s = self.lock();
         for (i, chunk) in data.chunks(4).enumerate() {
-            if chunk.len() != 4 || offset % 4 != 0 {
+            if chunk.len() != 4 || !offset.is_multiple_of(4) {
                 return;
             }
             let word = (offset / 4) as usize + i;
@@ -199,6 +212,40 @@ impl PciIrq {
                 .filter(|bit| s.pending.get(byte * 8 + bit).copied().unwrap_or(false))
                 .fold(0u8, |acc, bit| acc | 1 << bit);
         }
+    }
+
+    pub fn state(&self) -> PciIrqState {
+        let s = self.lock();
+        PciIrqState {
+            msix_enabled: s.enabled,
+            function_masked: s.function_masked,
+            table: s.table.clone(),
+            pending: s.pending.clone(),
+            config_vector: s.config_vector,
+            queue_vectors: s.queue_vectors.clone(),
+            isr: s.isr,
+        }
+    }
+
+    /// Restore from a snapshot; table sizes must match (extra entries are ignored).
+    pub fn restore(&self, st: &PciIrqState) {
+        let mut s = self.lock();
+        s.enabled = st.msix_enabled;
+        s.function_masked = st.function_masked;
+        for (d, v) in s.table.iter_mut().zip(&st.table) {
+            *d = *v;
+        }
+        for (d, v) in s.pending.iter_mut().zip(&st.pending) {
+            *d = *v;
+        }
+        let n = s.table.len();
+        let valid = |v: u16| if usize::from(v) < n { v } else { NO_VECTOR };
+        s.config_vector = valid(st.config_vector);
+        for (d, v) in s.queue_vectors.iter_mut().zip(&st.queue_vectors) {
+            *d = valid(*v);
+        }
+        s.isr = st.isr & 3;
+        self.intx.set_level(self.gsi, s.isr != 0);
     }
 
     pub fn table_len_bytes(&self) -> usize {

@@ -1,0 +1,232 @@
+//! A PCI host bridge for bus 0: configuration access through ports 0xCF8/0xCFC
+//! ("mechanism #1") and through an ECAM window, and placement of each function's memory BARs
+//! on the MMIO bus whenever the guest reprograms them.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use devices::legacy::bus::{Bus, BusDevice};
+
+/// Port of the CONFIG_ADDRESS register; CONFIG_DATA follows at +4.
+pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;
+/// The I/O range to claim for mechanism #1: 0xCF8..0xD00.
+pub const CONFIG_IO_LEN: u64 = 8;
+/// ECAM size for bus 0 (32 devices x 8 functions x 4 KiB).
+pub const ECAM_BUS0_SIZE: u64 = 1 << 20;
+pub const SLOTS: usize = 32;
+
+/// One memory BAR a function decodes right now.
+pub struct BarMapping {
+    pub base: u64,
+    pub len: u64,
+    pub device: Arc<dyn BusDevice>,
+}
+
+/// A PCI function (function 0 of a slot) as the host bridge sees it.
+pub trait PciFunction: Send + Sync {
+    /// Read configuration space at `offset` (0..4096).
+    fn config_read(&self, offset: u16, data: &mut [u8]);
+    /// Write configuration space at `offset`.
+    fn config_write(&self, offset: u16, data: &[u8]);
+    /// The memory BARs to place on the MMIO bus (empty while decoding is off).
+    fn bars(&self) -> Vec<BarMapping> {
+        Vec::new()
+    }
+}
+
+/// Why a function could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum PciError {
+    #[error("all {SLOTS} PCI slots of bus 0 are taken")]
+    NoSlot,
+}
+
+/// The host bridge itself, in slot 0.
+struct HostBridge;
+
+impl PciFunction for HostBridge {
+    fn config_read(&self, offset: u16, data: &mut [u8]) {
+        // Red Hat PCIe host bridge 1b36:0008, class 06 00 00.
+        let mut c = [0u8; 64];
+        c[0..4].copy_from_slice(&[0x36, 0x1b, 0x08, 0x00]);
+        c[0x0b] = 0x06;
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = c.get(usize::from(offset) + i).copied().unwrap_or(0);
+        }
+    }
+    fn config_write(&self, _offset: u16, _data: &[u8]) {}
+}
+
+struct Slot {
+    function: Arc<dyn PciFunction>,
+    /// Bases of the BARs currently on the MMIO bus.
+    mapped: Vec<u64>,
+}
+
+/// Bus 0 with its functions.
+pub struct PciRoot {
+    slots: Mutex<Vec<Option<Slot>>>,
+    mmio: Arc<Bus>,
+    config_address: AtomicU32,
+}
+
+impl PciRoot {
+    /// A root whose functions' BARs go on `mmio`.
+    pub fn new(mmio: Arc<Bus>) -> Arc<Self> {
+        let mut slots: Vec<Option<Slot>> = (0..SLOTS).map(|_| None).collect();
+        slots[0] = Some(Slot {
+            function: Arc::new(HostBridge),
+            mapped: Vec::new(),
+        });
+        Arc::new(PciRoot {
+            slots: Mutex::new(slots),
+            mmio,
+            config_address: AtomicU32::new(0),
+        })
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Vec<Option<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Put `function` in the first free slot; returns the slot (device) number.
+    pub fn add(&self, function: Arc<dyn PciFunction>) -> Result<u8, PciError> {
+        let mut slots = self.slots();
+        let free = slots
+            .iter()
+            .position(|s| s.is_none())
+            .ok_or(PciError::NoSlot)?;
+        slots[free] = Some(Slot {
+            function,
+            mapped: Vec::new(),
+        });
+        Ok(free as u8)
+    }
+
+    fn read(&self, bus: u8, device: u8, function: u8, offset: u16, data: &mut [u8]) {
+        let slots = self.slots();
+        match slots.get(usize::from(device)).and_then(|s| s.as_ref()) {
+            Some(s) if bus == 0 && function == 0 => s.function.config_read(offset, data),
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&self, bus: u8, device: u8, function: u8, offset: u16, data: &[u8]) {
+        if bus != 0 || function != 0 {
+            return;
+        }
+        let mut slots = self.slots();
+        let Some(Some(slot)) = slots.get_mut(usize::from(device)) else {
+            return;
+        };
+        slot.function.config_write(offset, data);
+        self.remap(slot);
+    }
+
+    /// Move the slot's BARs on the MMIO bus to where the function now decodes them.
+    fn remap(&self, slot: &mut Slot) {
+        let bars = slot.function.bars();
+        let wanted: Vec<u64> = bars.iter().map(|b| b.base).collect();
+        if wanted == slot.mapped {
+            return;
+        }
+        for base in slot.mapped.drain(..) {
+            let _ = self.mmio.remove(base);
+        }
+        for bar in bars {
+            match self.mmio.insert(bar.device, bar.base, bar.len) {
+                Ok(()) => slot.mapped.push(bar.base),
+                Err(e) => tracing::warn!("PCI BAR at {:#x} not placed: {e}", bar.base),
+            }
+        }
+    }
+
+    /// The CONFIG_ADDRESS/CONFIG_DATA ports, to insert on the PIO bus at
+    /// [`CONFIG_ADDRESS_PORT`] with length [`CONFIG_IO_LEN`].
+    pub fn config_io(self: &Arc<Self>) -> Arc<dyn BusDevice> {
+        Arc::new(ConfigIo(self.clone()))
+    }
+
+    /// The ECAM window for bus 0, to insert on the MMIO bus with length [`ECAM_BUS0_SIZE`].
+    pub fn ecam(self: &Arc<Self>) -> Arc<dyn BusDevice> {
+        Arc::new(Ecam(self.clone()))
+    }
+}
+
+struct ConfigIo(Arc<PciRoot>);
+
+impl ConfigIo {
+    /// (bus, device, function, register offset) selected by CONFIG_ADDRESS, if enabled.
+    fn target(&self, data_offset: u64) -> Option<(u8, u8, u8, u16)> {
+        let a = self.0.config_address.load(Ordering::SeqCst);
+        if a & 0x8000_0000 == 0 {
+            return None;
+        }
+        let reg = (a & 0xfc) as u16 + data_offset as u16;
+        Some((
+            (a >> 16) as u8,
+            ((a >> 11) & 0x1f) as u8,
+            ((a >> 8) & 7) as u8,
+            reg,
+        ))
+    }
+}
+
+impl BusDevice for ConfigIo {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        match offset {
+            0 if data.len() == 4 => {
+                data.copy_from_slice(&self.0.config_address.load(Ordering::SeqCst).to_le_bytes())
+            }
+            4..=7 if offset as usize - 4 + data.len() <= 4 => match self.target(offset - 4) {
+                Some((b, d, f, reg)) => self.0.read(b, d, f, reg, data),
+                None => data.fill(0xff),
+            },
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        match offset {
+            0 if data.len() == 4 => self.0.config_address.store(
+                u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
+                Ordering::SeqCst,
+            ),
+            4..=7 if offset as usize - 4 + data.len() <= 4 => {
+                if let Some((b, d, f, reg)) = self.target(offset - 4) {
+                    self.0.write(b, d, f, reg, data);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Ecam(Arc<PciRoot>);
+
+fn ecam_decode(offset: u64) -> (u8, u8, u8, u16) {
+    (
+        (offset >> 20) as u8,
+        ((offset >> 15) & 0x1f) as u8,
+        ((offset >> 12) & 7) as u8,
+        (offset & 0xfff) as u16,
+    )
+}
+
+impl BusDevice for Ecam {
+    fn read(&self, offset: u64, data: &mut [u8]) {
+        let (b, d, f, reg) = ecam_decode(offset);
+        if data.len() > 4 || usize::from(reg) + data.len() > 4096 {
+            data.fill(0xff);
+            return;
+        }
+        self.0.read(b, d, f, reg, data);
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) {
+        let (b, d, f, reg) = ecam_decode(offset);
+        if data.len() <= 4 && usize::from(reg) + data.len() <= 4096 {
+            self.0.write(b, d, f, reg, data);
+        }
+    }
+}
