@@ -810,3 +810,114 @@ fn trap_flag_single_steps_with_db() {
     assert_eq!(outs(&p, 0xe7), vec![(first_nop + 1) as u32]);
     assert_ne!(cpu.regs().dr[6] & (1 << 14), 0, "DR6.BS");
 }
+
+/// Runs `user` code at CPL3 (RFLAGS.IOPL = `iopl`) with a TSS I/O permission bitmap that
+/// allows only ports 0x80 and 0x440 and covers ports 0..0x800 (the TSS limit ends there).
+/// A #GP handler reports its error code and the faulting RIP on port 0xf7, then halts.
+/// Returns the platform and the faulting RIP's first code byte.
+fn run_user_port_io(iopl: u64, user: impl FnOnce(&mut CodeAssembler)) -> (TestPlatform, u8) {
+    let m = memory();
+    setup_long_mode(&m);
+    const IOMAP: u64 = 0x68;
+    load(&m, TSS + 0x66, &(IOMAP as u16).to_le_bytes());
+    let mut map = vec![0xffu8; 0x101]; // 256 bytes of bitmap + the trailing 0xff byte
+    map[0x80 / 8] &= !(1 << (0x80 % 8));
+    map[0x440 / 8] &= !(1 << (0x440 % 8));
+    load(&m, TSS + IOMAP, &map);
+    let gp_handler = HANDLERS + 0x1000;
+    load(
+        &m,
+        gp_handler,
+        &asm64(gp_handler, |a| {
+            a.pop(rax).unwrap();
+            a.out(0xf7, eax).unwrap(); // error code
+            a.mov(rax, qword_ptr(rsp)).unwrap();
+            a.out(0xf7, eax).unwrap(); // faulting RIP
+            a.hlt().unwrap();
+        }),
+    );
+    set_gate(&m, 13, gp_handler, 0, 0);
+    let ucode = CODE + 0x400;
+    let mut code = asm64(ucode, user);
+    code.push(0xf4); // HLT: privileged at CPL3, so it ends the run through #GP as well
+    load(&m, ucode, &code);
+    let mut r = long_mode_regs(ucode);
+    r.cs = seg(UCODE | 3, 0xb, 3, true, false);
+    let udata = seg(UDATA | 3, 3, 3, false, true);
+    r.ss = udata;
+    r.ds = udata;
+    r.es = udata;
+    r.tr.limit = (IOMAP + 0x100) as u32;
+    r.rflags = 2 | (iopl << 12);
+    r.gpr[4] = USTACK_TOP;
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(&r);
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    let gp = outs(&p, 0xf7);
+    assert_eq!(gp.len(), 2, "exactly one #GP");
+    assert_eq!(gp[0], 0, "#GP(0)");
+    let mut byte = [0u8];
+    vm_memory::Bytes::read_slice(&m, &mut byte, vm_memory::GuestAddress(gp[1] as u64)).unwrap();
+    (p, byte[0])
+}
+
+#[test]
+fn io_bitmap_allows_cleared_ports_at_cpl3() {
+    let (p, fault_byte) = run_user_port_io(0, |a| {
+        a.mov(al, 0x11).unwrap();
+        a.out(0x80, al).unwrap();
+        a.mov(edx, 0x440).unwrap();
+        a.mov(al, 0x22).unwrap();
+        a.out(dx, al).unwrap(); // what /bin/wirt-boot-timer does after ioperm(0x440, 1, 1)
+        a.mov(esi, DATA as u32).unwrap();
+        a.outsb(dx, byte_ptr(rsi)).unwrap();
+    });
+    assert_eq!(outs(&p, 0x80), vec![0x11]);
+    assert_eq!(outs(&p, 0x440), vec![0x22, 0]);
+    assert_eq!(fault_byte, 0xf4, "only the final HLT faults");
+}
+
+#[test]
+fn io_bitmap_denies_set_bits_with_gp0() {
+    // A port whose bit is set.
+    let (p, fault_byte) = run_user_port_io(0, |a| {
+        a.out(0x81, al).unwrap();
+    });
+    assert!(p.outs.iter().all(|(port, _)| *port == 0xf7));
+    assert_eq!(fault_byte, 0xe6);
+    // A word access whose second byte (0x441) is denied.
+    let (p, fault_byte) = run_user_port_io(0, |a| {
+        a.mov(edx, 0x440).unwrap();
+        a.out(dx, ax).unwrap();
+    });
+    assert!(p.outs.iter().all(|(port, _)| *port == 0xf7));
+    assert_eq!(fault_byte, 0x66);
+    // A port beyond the TSS limit, and IN as well as OUTS.
+    for (port, op) in [(0x900u32, 0xecu8), (0x81, 0x6e)] {
+        let (p, fault_byte) = run_user_port_io(0, |a| {
+            a.mov(edx, port).unwrap();
+            if op == 0xec {
+                a.in_(al, dx).unwrap();
+            } else {
+                a.mov(esi, DATA as u32).unwrap();
+                a.outsb(dx, byte_ptr(rsi)).unwrap();
+            }
+        });
+        assert!(p.outs.iter().all(|(port, _)| *port == 0xf7));
+        assert_eq!(fault_byte, op, "port {port:#x}");
+    }
+}
+
+#[test]
+fn iopl3_bypasses_the_io_bitmap() {
+    let (p, fault_byte) = run_user_port_io(3, |a| {
+        a.mov(al, 0x33).unwrap();
+        a.out(0x81, al).unwrap();
+        a.mov(edx, 0x900).unwrap();
+        a.out(dx, al).unwrap();
+    });
+    assert_eq!(outs(&p, 0x81), vec![0x33]);
+    assert_eq!(outs(&p, 0x900), vec![0x33]);
+    assert_eq!(fault_byte, 0xf4);
+}

@@ -170,6 +170,16 @@ impl DescChain {
     }
 }
 
+/// The guest address `offset` bytes into `seg` (an error if it wraps around).
+fn seg_addr(seg: &Segment, offset: u32) -> Result<u64, GuestRamError> {
+    seg.addr
+        .checked_add(u64::from(offset))
+        .ok_or(GuestRamError::OutOfRange {
+            addr: seg.addr,
+            len: u64::from(seg.len),
+        })
+}
+
 /// Reads the device-readable part of a chain as one byte stream.
 pub struct ChainReader<'a> {
     ram: &'a GuestRam,
@@ -200,7 +210,7 @@ impl<'a> ChainReader<'a> {
             let avail = (seg.len - self.offset) as usize;
             let n = avail.min(buf.len() - done);
             self.ram
-                .read(seg.addr + u64::from(self.offset), &mut buf[done..done + n])?;
+                .read(seg_addr(seg, self.offset)?, &mut buf[done..done + n])?;
             done += n;
             self.offset += n as u32;
             if self.offset == seg.len {
@@ -248,7 +258,7 @@ impl<'a> ChainWriter<'a> {
             let avail = (seg.len - self.offset) as usize;
             let n = avail.min(buf.len() - done);
             self.ram
-                .write(seg.addr + u64::from(self.offset), &buf[done..done + n])?;
+                .write(seg_addr(seg, self.offset)?, &buf[done..done + n])?;
             done += n;
             self.written += n as u64;
             self.offset += n as u32;
@@ -274,7 +284,8 @@ pub fn split_at(segs: &[Segment], len: u64) -> Option<(Vec<Segment>, u64)> {
                     len: left as u32,
                 });
             }
-            return Some((head, s.addr + left));
+            // An address that wraps around is no address at all.
+            return s.addr.checked_add(left).map(|a| (head, a));
         }
         head.push(*s);
         left -= u64::from(s.len);

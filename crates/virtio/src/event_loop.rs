@@ -148,3 +148,65 @@ impl Drop for EventLoopHandle {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use crate::device::{DeviceContext, DeviceError, DeviceEvent, VirtioDevice};
+    use crate::test_driver::{w, TestDriver};
+
+    /// Records which thread handled each event, and takes its time doing so.
+    struct Probe(Arc<Mutex<Vec<String>>>);
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            4
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![8]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn config_len(&self) -> usize {
+            0
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn handle(
+            &mut self,
+            event: DeviceEvent,
+            ctx: &mut DeviceContext<'_>,
+        ) -> Result<(), DeviceError> {
+            let name = std::thread::current().name().unwrap_or("?").to_string();
+            self.0.lock().unwrap().push(name);
+            if event == DeviceEvent::Queue(0) {
+                std::thread::sleep(Duration::from_millis(200));
+                ctx.for_each_chain(0, |_, _| 0)?;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn kicks_only_signal_and_devices_run_on_the_event_loop() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mut d = TestDriver::new(Box::new(Probe(seen.clone())));
+        d.init(0, 1, 8);
+        let buf = d.alloc(8);
+        d.add_chain(0, &[w(buf, 8)]);
+        let t0 = Instant::now();
+        d.kick(0);
+        assert!(
+            t0.elapsed() < Duration::from_millis(100),
+            "the QueueNotify write returned without waiting for the device"
+        );
+        assert!(d.wait_used(0).is_some());
+        let seen = seen.lock().unwrap();
+        assert!(!seen.is_empty());
+        assert!(seen.iter().all(|n| n == "virtio-events"), "ran on {seen:?}");
+    }
+}

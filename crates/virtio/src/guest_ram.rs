@@ -99,7 +99,10 @@ impl GuestRam {
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK);
-            self.write(addr + done, &zeroes[..n as usize])?;
+            let at = addr
+                .checked_add(done)
+                .ok_or(GuestRamError::OutOfRange { addr, len })?;
+            self.write(at, &zeroes[..n as usize])?;
             done += n;
         }
         Ok(())

@@ -189,7 +189,34 @@ impl TestDriver {
             self.queues.push(dq);
         }
         self.write32(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
+        self.settle();
         self.read32(VIRTIO_MMIO_STATUS)
+    }
+
+    /// Wait until the event loop has taken every pending kick (activation kicks all queues)
+    /// and finished handling it, so later RAM snapshots see only new device writes.
+    pub fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for fd in self.transport.queue_kicks() {
+            loop {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, zero timeout.
+                let n = unsafe { libc::poll(&mut p, 1, 0) };
+                if n == 0 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "event loop took the kick");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // The loop drains a kick before it takes the device lock; give it that moment, then
+        // wait for the lock (held while the device runs).
+        std::thread::sleep(Duration::from_millis(10));
+        let _ = self.transport.status();
     }
 
     /// A fresh, zeroed guest buffer of `len` bytes.

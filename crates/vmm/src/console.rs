@@ -92,13 +92,21 @@ impl Console {
     }
 
     /// Starts the input thread (if this backend has input).
-    pub fn start_input(&mut self, deliver: Deliver, outcome: Arc<Outcome>) -> io::Result<()> {
+    ///
+    /// `eof_byte`: sent to the guest when piped (non-terminal) stdin ends, e.g. Ctrl-D so
+    /// a guest shell reading the console sees end of input.
+    pub fn start_input(
+        &mut self,
+        deliver: Deliver,
+        outcome: Arc<Outcome>,
+        eof_byte: Option<u8>,
+    ) -> io::Result<()> {
         match std::mem::replace(&mut self.input, Input::None) {
             Input::None => Ok(()),
             Input::Stdin { tty } => {
                 std::thread::Builder::new()
                     .name("console-in".into())
-                    .spawn(move || stdin_loop(tty, deliver, outcome))?;
+                    .spawn(move || stdin_loop(tty, deliver, outcome, eof_byte))?;
                 Ok(())
             }
             Input::Socket(shared, listener) => {
@@ -120,13 +128,18 @@ impl Drop for Console {
 }
 
 /// Reads stdin until EOF. On a terminal, Ctrl-A x quits; otherwise bytes pass unchanged.
-fn stdin_loop(tty: bool, deliver: Deliver, outcome: Arc<Outcome>) {
+fn stdin_loop(tty: bool, deliver: Deliver, outcome: Arc<Outcome>, eof_byte: Option<u8>) {
     let mut parser = EscapeParser::default();
     let mut buf = [0u8; 256];
     let mut stdin = io::stdin().lock();
     loop {
         let n = match stdin.read(&mut buf) {
-            Ok(0) => return,
+            Ok(0) => {
+                if let (false, Some(b)) = (tty, eof_byte) {
+                    deliver(&[b]);
+                }
+                return;
+            }
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return,
@@ -264,7 +277,8 @@ mod tests {
         let got = Arc::new(Mutex::new(Vec::new()));
         let got2 = got.clone();
         let deliver: Deliver = Arc::new(move |b: &[u8]| got2.lock().unwrap().extend_from_slice(b));
-        c.start_input(deliver, Arc::new(Outcome::new())).unwrap();
+        c.start_input(deliver, Arc::new(Outcome::new()), None)
+            .unwrap();
         let mut client = UnixStream::connect(&path).unwrap();
         client.write_all(b"typed").unwrap();
         let mut out = c.take_output();

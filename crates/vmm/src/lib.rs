@@ -27,6 +27,8 @@ pub struct RunOptions {
     /// Hold console input until the guest's first boot-timer write: the default guest's
     /// console is not ready for input before that, and bytes piped in early would be lost.
     pub hold_input_until_ready: bool,
+    /// Sent to the guest when piped stdin ends (Ctrl-D for the default guest's shell).
+    pub eof_byte: Option<u8>,
 }
 
 /// Everything that can stop a VM from starting.

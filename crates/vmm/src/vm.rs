@@ -138,7 +138,7 @@ impl RunningVm {
             input_devices.deliver_serial_input(bytes, &|| input_outcome.is_decided())
         });
         console
-            .start_input(deliver, outcome.clone())
+            .start_input(deliver, outcome.clone(), opts.eof_byte)
             .map_err(VmmError::Thread)?;
 
         Ok(RunningVm {

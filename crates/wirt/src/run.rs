@@ -40,6 +40,9 @@ pub struct RunArgs {
     verbose: bool,
 }
 
+/// End of transmission: a shell reading a terminal in canonical mode sees end of input.
+const CTRL_D: u8 = 0x04;
+
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let default_guest = args.kernel.is_none();
     let (kernel, initrd, cmdline) = match args.kernel {
@@ -47,7 +50,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         None => {
             let img = crate::image_cmd::ensure_default(args.verbose)
                 .context("cannot prepare the default guest image")?;
-            let cmdline = args.cmdline.unwrap_or(img.cmdline);
+            let mut cmdline = args.cmdline.unwrap_or(img.cmdline);
+            if !vmm::terminal::is_tty(libc::STDIN_FILENO) && args.serial == SerialConfig::Stdio {
+                // A script is piped in: the guest's shell reads it without prompt or echo
+                // and powers off when it ends (Ctrl-D is sent at end of input).
+                cmdline.push(' ');
+                cmdline.push_str(image::cmdline::BATCH_CONSOLE);
+            }
             (img.kernel, args.initrd.or(Some(img.initrd)), cmdline)
         }
     };
@@ -65,6 +74,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         stats: args.stats,
         verbose: args.verbose,
         hold_input_until_ready: default_guest,
+        eof_byte: default_guest.then_some(CTRL_D),
     };
     let report = vmm::run_vm(&config, &opts)?;
     // Outcomes that are failures of the guest or of wirt are always explained.

@@ -280,6 +280,12 @@ fn malformed_requests_fail_alone() {
     d.write_mem(status, &[0xff]);
     d.request(0, &[r(h, 16), w(data, 0xffff_f000), w(status, 1)]);
     assert_eq!(d.read_mem(status, 1), [VIRTIO_BLK_S_IOERR as u8]);
+    // Buffers at the very top of the address space (sums would overflow).
+    assert_eq!(d.request(0, &[r(h, 16), w(u64::MAX - 0x100, 0x200)]), 0);
+    d.request(0, &[r(h, 16), w(u64::MAX - 0x100, 0x200), w(u64::MAX, 1)]);
+    d.write_mem(status, &[0xff]);
+    d.request(0, &[r(u64::MAX - 4, 16), w(data, 512), w(status, 1)]);
+    assert_eq!(d.read_mem(status, 1), [VIRTIO_BLK_S_IOERR as u8]);
     // Zero-length data.
     d.write_mem(status, &[0xff]);
     d.request(0, &[r(h, 16), w(data, 0), w(status, 1)]);

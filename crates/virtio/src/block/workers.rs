@@ -142,7 +142,14 @@ fn work(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
             discard: shared.discard,
             buf: &mut buf,
         };
-        let len = execute(&job.ram, job.chain, &mut be);
+        // A bug here must not take the worker (and every later request) down with it.
+        let len = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            execute(&job.ram, job.chain, &mut be)
+        }))
+        .unwrap_or_else(|_| {
+            tracing::error!("virtio-blk: request handler panicked; request failed");
+            0
+        });
         lock(&shared.done).push((job.head, len));
         let _ = shared.done_evt.write(1);
         let mut n = lock(&shared.in_flight);

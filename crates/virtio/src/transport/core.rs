@@ -12,6 +12,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{DeviceContext, DeviceEvent, VirtioDevice};
 use crate::guest_ram::GuestRam;
@@ -24,6 +25,7 @@ pub struct VirtioCore {
     pub(crate) queues: Vec<Queue>,
     pub(crate) ram: GuestRam,
     pub(crate) irq: Arc<dyn VirtioIrq>,
+    kicks: Arc<Vec<EventFd>>,
     pub(crate) status: u32,
     pub(crate) device_features_sel: u32,
     pub(crate) driver_features_sel: u32,
@@ -103,9 +105,10 @@ impl VirtioCore {
         }
         self.device.activate(self.driver_features);
         self.activated = true;
-        // Buffers may have been offered before DRIVER_OK.
-        for i in 0..self.queues.len() {
-            self.handle_event(DeviceEvent::Queue(i));
+        // Buffers may have been offered before DRIVER_OK: have the event loop look at every
+        // queue (this runs on a vCPU thread, where device code must not).
+        for kick in self.kicks.iter() {
+            let _ = kick.write(1);
         }
     }
 
@@ -157,12 +160,14 @@ impl VirtioCore {
     pub(crate) fn new(
         device: Box<dyn VirtioDevice>,
         queues: Vec<Queue>,
+        kicks: Arc<Vec<EventFd>>,
         ram: GuestRam,
         irq: Arc<dyn VirtioIrq>,
     ) -> Self {
         VirtioCore {
             device,
             queues,
+            kicks,
             ram,
             irq,
             status: 0,

@@ -172,10 +172,11 @@ impl MmioTransport {
     ) -> Result<Self, TransportError> {
         let (queues, kicks) = build_queues(&device.queue_max_sizes())?;
         let interrupt = Arc::new(VirtioInterrupt::new(sink, gsi));
-        let core = VirtioCore::new(device, queues, ram, interrupt.clone());
+        let kicks = Arc::new(kicks);
+        let core = VirtioCore::new(device, queues, kicks.clone(), ram, interrupt.clone());
         Ok(MmioTransport {
             core: Arc::new(Mutex::new(core)),
-            kicks: Arc::new(kicks),
+            kicks,
             interrupt,
         })
     }

@@ -593,7 +593,8 @@ impl VirtioDevice for Vsock {
     ) -> Result<(), DeviceError> {
         match event {
             DeviceEvent::Queue(TX) => self.process_tx(ctx)?,
-            DeviceEvent::Queue(RX) => {}
+            // Also catches host connections that arrived before the driver was ready.
+            DeviceEvent::Queue(RX) => self.poll_host(),
             DeviceEvent::Extra(0) => self.poll_host(),
             _ => return Ok(()),
         }

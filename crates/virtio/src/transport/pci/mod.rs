@@ -89,13 +89,14 @@ impl PciTransport {
         let device_type = device.device_type();
         let (queues, kicks) = build_queues(&device.queue_max_sizes())?;
         let irq = Arc::new(PciIrq::new(queues.len() + 1, queues.len(), msi, intx, gsi));
+        let kicks = Arc::new(kicks);
         let core = Arc::new(Mutex::new(VirtioCore::new(
             device,
             queues,
+            kicks.clone(),
             ram,
             irq.clone(),
         )));
-        let kicks = Arc::new(kicks);
         let bar = Arc::new(VirtioPciBar {
             core: core.clone(),
             kicks: kicks.clone(),
