@@ -118,6 +118,8 @@ pub fn vm_config(spec: &VmSpec, run_dir: &Path) -> VmConfig {
         memory: spec.memory,
         engine: spec.engine,
         serial: SerialConfig::Socket(run_dir.join("console.sock")),
+        // Devices are not part of the API's VM definition yet.
+        ..VmConfig::new(spec.kernel.clone())
     }
 }
 

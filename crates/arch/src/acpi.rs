@@ -89,7 +89,9 @@ pub struct DsdtDevice {
 }
 
 impl DsdtDevice {
-    /// A virtio-mmio device as Linux's `virtio_mmio` ACPI driver expects it.
+    /// A virtio-mmio device as Linux's `virtio_mmio` ACPI driver expects it. Its interrupt
+    /// is level-triggered: the transport holds the line while InterruptStatus is non-zero,
+    /// and an edge-triggered pin would lose a completion that arrives before the ACK.
     pub fn virtio_mmio(index: u32, base: u64, len: u64, gsi: u32) -> Self {
         DsdtDevice {
             name: format!("V{:03X}", index & 0xfff),
@@ -99,7 +101,7 @@ impl DsdtDevice {
                 DsdtResource::Mmio { base, len },
                 DsdtResource::Irq {
                     gsi,
-                    level: false,
+                    level: true,
                     active_low: false,
                 },
             ],

@@ -1,12 +1,14 @@
 //! The vCPU: architectural state, the run loop and register access.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use iced_x86::Register;
 use vm_memory::GuestMemoryMmap;
 
-use crate::decode_cache::BlockCache;
+use crate::decode_cache::{Block, BlockCache};
 use crate::exceptions::Fault;
+use crate::exec::fast::Kind;
 use crate::flags::{self, Flags};
 use crate::memory::GuestRam;
 use crate::msr::Msrs;
@@ -143,6 +145,12 @@ impl Cpu {
     /// Whether the vCPU is waiting in HLT.
     pub fn is_halted(&self) -> bool {
         self.halted
+    }
+
+    /// Whether RFLAGS.IF is set (maskable interrupts can be taken), without saving the
+    /// whole register state.
+    pub fn interrupts_enabled(&self) -> bool {
+        self.flags.bits & flags::IF != 0
     }
 
     /// Sets the initial APIC ID CPUID reports (leaf 1 `EBX[31:24]`); default 0.
@@ -305,32 +313,43 @@ impl Cpu {
                 return false;
             }
         };
-        let mut completed = true;
         let mask = match self.bitness {
             64 => u64::MAX,
             32 => 0xffff_ffff,
             _ => 0xffff,
         };
-        for (ins, kind) in block.instrs.iter().zip(block.kinds.iter()) {
-            self.next_rip = ins.next_ip() & mask;
-            match self.exec_kind(io, ins, *kind) {
-                Ok(()) => {
-                    self.rip = self.next_rip;
-                    self.icount += 1;
-                }
-                Err(f) => {
-                    self.icount += 1;
-                    self.handle_fault(io, f);
-                    self.block_end = false;
-                    completed = false;
-                    break;
-                }
+        let n = if single { 1 } else { block.instrs.len() };
+        let mut done = 0;
+        for (ins, kind) in block.instrs[..n].iter().zip(block.kinds.iter()) {
+            // A block is a trace: leave it where execution departs from it (a taken
+            // conditional branch, or a jump the trace did not follow). The first
+            // instruction is at RIP by construction.
+            if ins.ip() != self.rip {
+                break;
             }
-            if self.block_end || single {
+            self.next_rip = ins.next_ip() & mask;
+            done += 1;
+            // Single-stepping (TF, interrupt shadow) may observe the state after any
+            // instruction: it takes the generic path, which computes every flag.
+            let kind = if single { Kind::Generic } else { *kind };
+            if let Err(f) = self.exec_kind(io, ins, kind) {
+                self.icount += done;
+                self.handle_fault(io, f);
+                self.block_end = false;
+                return self.finish_block(block, key, false);
+            }
+            self.rip = self.next_rip;
+            if self.block_end {
                 self.block_end = false;
                 break;
             }
         }
+        self.icount += done;
+        self.finish_block(block, key, true)
+    }
+
+    #[inline(always)]
+    fn finish_block(&mut self, block: Arc<Block>, key: Option<u64>, completed: bool) -> bool {
         if let Some(key) = key {
             self.cache.put_back(key, block);
         }

@@ -2,19 +2,22 @@
 //! they came from and its code version (so self-modifying code, kernel text patching and
 //! remapped pages are all seen).
 //!
-//! A block ends at a control-flow instruction, at an instruction that may change the
-//! execution mode, at a page boundary, or after `MAX_BLOCK` instructions. An instruction
+//! A block is a trace through one page: decoding goes on past conditional branches (the
+//! not-taken path) and direct jumps to the same page, and ends at other control flow,
+//! at an instruction that may change the execution mode, at the page boundary, or after
+//! `MAX_BLOCK` instructions. The run loop leaves a block wherever execution departs from
+//! the trace. An instruction
 //! that straddles a page boundary is decoded on its own and not cached.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic};
+use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 
 use crate::cpu::{Cpu, CS};
 use crate::exceptions::R;
-use crate::exec::fast::{classify, Kind};
+use crate::exec::fast::{classify, drop_dead_flags, Kind};
 use crate::platform::Platform;
 use crate::tlb::Access;
 
@@ -88,8 +91,33 @@ impl BlockCache {
     }
 }
 
+/// Where decoding of a block (a *trace*) may go on after a control-flow instruction.
+/// The run loop leaves the block as soon as the next RIP is not the next instruction's
+/// address, so a trace is only ever a guess about the common path, never a commitment.
+enum Successor {
+    /// A conditional branch: go on with the not-taken path.
+    FallThrough,
+    /// A direct unconditional jump: go on at its target (if on the same page).
+    Jump(u64),
+}
+
+fn trace_successor(ins: &Instruction) -> Option<Successor> {
+    let direct = matches!(
+        ins.op0_kind(),
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+    );
+    match ins.flow_control() {
+        FlowControl::ConditionalBranch if direct => Some(Successor::FallThrough),
+        FlowControl::UnconditionalBranch if direct => {
+            Some(Successor::Jump(ins.near_branch_target()))
+        }
+        _ => None,
+    }
+}
+
 /// Instructions after which the block must end so the run loop re-reads the mode, the
-/// interrupt window or the code mapping.
+/// interrupt window or the code mapping (control flow, unless `trace_successor` allows
+/// going on).
 fn ends_block(ins: &Instruction) -> bool {
     if ins.flow_control() != FlowControl::Next {
         return true;
@@ -157,28 +185,49 @@ impl Cpu {
         if !e.host.is_null() {
             // Record the version before reading the bytes: a concurrent write then makes
             // the block stale rather than silently wrong.
-            let version = self.ram.versions().mark_code(e.vidx);
-            // SAFETY: `host` points at a whole 4K page of RAM and off < 4096.
-            let bytes = unsafe { std::slice::from_raw_parts(e.host.add(off), 4096 - off) };
-            let mut dec = Decoder::with_ip(self.bitness, bytes, self.rip, DecoderOptions::NONE);
+            let version = self.ram.versions().mark_code(e.vidx());
+            // SAFETY: `host` points at a whole 4K page of RAM.
+            let page = unsafe { std::slice::from_raw_parts(e.host, 4096) };
+            let mut dec =
+                Decoder::with_ip(self.bitness, &page[off..], self.rip, DecoderOptions::NONE);
             while dec.can_decode() && instrs.len() < MAX_BLOCK {
-                let pos = dec.position();
                 let ins = dec.decode();
                 if ins.code() == Code::INVALID
                     && dec.last_error() == iced_x86::DecoderError::NoMoreBytes
                 {
                     // Straddles the page end: decoded separately next time.
-                    let _ = pos;
                     break;
                 }
                 let end = ends_block(&ins);
+                let follow = if end { trace_successor(&ins) } else { None };
                 instrs.push(ins);
-                if end {
-                    break;
+                match follow {
+                    _ if !end => {}
+                    Some(Successor::FallThrough) => {}
+                    Some(Successor::Jump(target)) => {
+                        // Continue at a direct jump's target if it is on the same page.
+                        let mut tlin = cs_base.wrapping_add(target);
+                        if !self.long64() {
+                            tlin &= 0xffff_ffff;
+                        }
+                        if tlin & !0xfff != lin & !0xfff {
+                            break;
+                        }
+                        let toff = (tlin & 0xfff) as usize;
+                        dec = Decoder::with_ip(
+                            self.bitness,
+                            &page[toff..],
+                            target,
+                            DecoderOptions::NONE,
+                        );
+                    }
+                    None => break,
                 }
             }
             if !instrs.is_empty() {
-                let kinds = instrs.iter().map(|i| classify(i, self.bitness)).collect();
+                let mut kinds: Vec<Kind> =
+                    instrs.iter().map(|i| classify(i, self.bitness)).collect();
+                drop_dead_flags(&mut kinds);
                 let block = Arc::new(Block {
                     kinds,
                     instrs,
@@ -186,7 +235,7 @@ impl Cpu {
                     cs_base,
                     bitness: self.bitness,
                     phys: e.phys,
-                    vidx: e.vidx,
+                    vidx: e.vidx(),
                     version,
                 });
                 if self.cache.map.len() >= MAX_BLOCKS {

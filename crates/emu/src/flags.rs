@@ -58,11 +58,9 @@ pub struct Flags {
 
 #[inline(always)]
 pub fn mask(size: usize) -> u64 {
-    if size >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (size * 8)) - 1
-    }
+    // Branchless: size 0 gives 0, 8 and more give all ones.
+    let bits = (size.min(8) * 8) as u32;
+    u64::MAX.checked_shr(64 - bits).unwrap_or(0)
 }
 
 #[inline(always)]

@@ -63,7 +63,7 @@ impl Cpu {
         let page = lin & !0xfff;
         if self.cr0 & CR0_PG == 0 {
             let phys = page & 0xffff_ffff_ffff_f000;
-            let e = self.make_entry(page, phys, !P_GLOBAL, !0xfff);
+            let e = self.make_entry(page, phys, !P_GLOBAL, 12);
             return Ok(e);
         }
         let long = self.efer & EFER_LMA != 0;
@@ -113,7 +113,7 @@ impl Cpu {
         let leaf_phys;
         let leaf_ptr;
         let dirty;
-        let span_mask;
+        let span_bits;
         loop {
             let (shift, idx_mask) = if wide {
                 (12 + 9 * (levels - 1), 0x1ff)
@@ -157,7 +157,7 @@ impl Cpu {
                     (22, pte & 0xffc0_0000)
                 };
                 leaf_phys = base | (lin & ((1u64 << page_bits) - 1) & !0xfff);
-                span_mask = !((1u64 << page_bits) - 1);
+                span_bits = page_bits as u8;
                 leaf_ptr = ptr;
                 dirty = pte & PTE_D != 0;
                 if pte & PTE_A == 0 {
@@ -209,22 +209,15 @@ impl Cpu {
         if global && self.cr4 & crate::cpu::CR4_PGE != 0 {
             perms |= P_GLOBAL;
         }
-        Ok(self.make_entry(page, leaf_phys, perms, span_mask))
+        Ok(self.make_entry(page, leaf_phys, perms, span_bits))
     }
 
-    fn make_entry(&mut self, page: u64, phys: u64, perms: u8, span_mask: u64) -> TlbEntry {
+    fn make_entry(&mut self, page: u64, phys: u64, perms: u8, span_bits: u8) -> TlbEntry {
         let (host, vidx) = match self.ram.page(phys) {
             Some((h, i)) => (h, i),
             None => (std::ptr::null_mut(), usize::MAX),
         };
-        let e = TlbEntry {
-            tag: page,
-            phys,
-            host,
-            vidx,
-            perms,
-            span_mask,
-        };
+        let e = TlbEntry::new(page, phys, host, vidx, perms, span_bits);
         self.tlb.insert(e);
         e
     }
@@ -265,7 +258,7 @@ impl Cpu {
         if matches!(size, 1 | 2 | 4 | 8) && off + size <= PAGE_SIZE as usize {
             if let Some(e) = self.tlb.lookup(lin, Access::Write.required(user)) {
                 if !e.host.is_null() {
-                    let (host, vidx) = (e.host, e.vidx);
+                    let (host, vidx) = (e.host, e.vidx());
                     // SAFETY: off + size <= 4096 and host points at a whole page of RAM.
                     unsafe { memory::store(host.add(off), size, v) };
                     if self.ram.versions().note_write_page(vidx) {
@@ -320,7 +313,7 @@ impl Cpu {
             if !e.host.is_null() {
                 // SAFETY: off + size <= 4096 and host points at a whole page of RAM.
                 unsafe { memory::store(e.host.add(off), size, v) };
-                if self.ram.versions().note_write_page(e.vidx) {
+                if self.ram.versions().note_write_page(e.vidx()) {
                     self.block_end = true;
                 }
                 return Ok(());
@@ -391,7 +384,7 @@ impl Cpu {
             } else {
                 // SAFETY: off + n <= 4096 within one RAM page.
                 unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), e.host.add(off), n) };
-                if self.ram.versions().note_write_page(e.vidx) {
+                if self.ram.versions().note_write_page(e.vidx()) {
                     self.block_end = true;
                 }
             }
@@ -429,7 +422,7 @@ impl Cpu {
                     }
                     old
                 };
-                if self.ram.versions().note_write_page(e.vidx) {
+                if self.ram.versions().note_write_page(e.vidx()) {
                     self.block_end = true;
                 }
                 return Ok(old);

@@ -37,7 +37,9 @@ impl Access {
     }
 }
 
+/// 32 bytes, aligned: one probe touches one cache line.
 #[derive(Clone, Copy, Debug)]
+#[repr(C, align(32))]
 pub struct TlbEntry {
     /// Linear page address (low 12 bits zero); meaningful only if `perms != 0`.
     pub tag: u64,
@@ -45,12 +47,12 @@ pub struct TlbEntry {
     pub phys: u64,
     /// Host address of the page in RAM, or null for MMIO.
     pub host: *mut u8,
-    /// Code-version index of the page (usize::MAX if not RAM).
-    pub vidx: usize,
+    /// Code-version index of the page (u32::MAX if not RAM).
+    vidx: u32,
     pub perms: u8,
-    /// Mask of the linear-address bits naming the guest page this came from (4K, 2M, 4M
-    /// or 1G), so INVLPG of any address in a large page drops all its 4K pieces.
-    pub span_mask: u64,
+    /// log2 of the size of the guest page this came from (12, 21, 22 or 30), so INVLPG
+    /// of any address in a large page drops all its 4K pieces.
+    span_bits: u8,
 }
 
 impl TlbEntry {
@@ -58,10 +60,38 @@ impl TlbEntry {
         tag: 0,
         phys: 0,
         host: std::ptr::null_mut(),
-        vidx: usize::MAX,
+        vidx: u32::MAX,
         perms: 0,
-        span_mask: !0xfff,
+        span_bits: 12,
     };
+
+    /// An entry for linear page `tag` (from a guest page of 2^`span_bits` bytes).
+    pub fn new(tag: u64, phys: u64, host: *mut u8, vidx: usize, perms: u8, span_bits: u8) -> Self {
+        TlbEntry {
+            tag,
+            phys,
+            host,
+            vidx: u32::try_from(vidx).unwrap_or(u32::MAX),
+            perms,
+            span_bits,
+        }
+    }
+
+    /// Code-version index of the page (`usize::MAX` if not RAM).
+    #[inline(always)]
+    pub fn vidx(&self) -> usize {
+        if self.vidx == u32::MAX {
+            usize::MAX
+        } else {
+            self.vidx as usize
+        }
+    }
+
+    /// Mask of the linear-address bits naming the guest page this entry came from.
+    #[inline(always)]
+    pub fn span_mask(&self) -> u64 {
+        !((1u64 << self.span_bits) - 1)
+    }
 }
 
 pub struct Tlb {
@@ -101,7 +131,7 @@ impl Tlb {
     }
 
     pub fn insert(&mut self, e: TlbEntry) {
-        if e.span_mask != !0xfff {
+        if e.span_bits != 12 {
             self.has_large = true;
         }
         self.entries[Self::index(e.tag)] = e;
@@ -115,7 +145,8 @@ impl Tlb {
         }
         if self.has_large {
             for e in self.entries.iter_mut() {
-                if e.perms != 0 && (e.tag & e.span_mask) == (lin & e.span_mask) {
+                let m = e.span_mask();
+                if e.perms != 0 && (e.tag & m) == (lin & m) {
                     e.perms = 0;
                 }
             }

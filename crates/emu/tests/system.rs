@@ -871,7 +871,7 @@ fn io_bitmap_allows_cleared_ports_at_cpl3() {
         a.mov(al, 0x22).unwrap();
         a.out(dx, al).unwrap(); // what /bin/wirt-boot-timer does after ioperm(0x440, 1, 1)
         a.mov(esi, DATA as u32).unwrap();
-        a.outsb(dx, byte_ptr(rsi)).unwrap();
+        a.outsb().unwrap();
     });
     assert_eq!(outs(&p, 0x80), vec![0x11]);
     assert_eq!(outs(&p, 0x440), vec![0x22, 0]);
@@ -901,7 +901,7 @@ fn io_bitmap_denies_set_bits_with_gp0() {
                 a.in_(al, dx).unwrap();
             } else {
                 a.mov(esi, DATA as u32).unwrap();
-                a.outsb(dx, byte_ptr(rsi)).unwrap();
+                a.outsb().unwrap();
             }
         });
         assert!(p.outs.iter().all(|(port, _)| *port == 0xf7));

@@ -101,6 +101,10 @@ pub trait Vm: Send + Sync {
     fn create_vcpu(&self, id: u32) -> Result<Box<dyn Vcpu>, Error>;
     /// Where devices send their interrupts.
     fn interrupt_sink(&self) -> Arc<dyn InterruptSink>;
+
+    /// Devices call this after writing guest RAM themselves (DMA), with the written range.
+    /// The software engine drops decoded code it cached for those pages; KVM needs nothing.
+    fn note_guest_write(&self, _gpa: u64, _len: u64) {}
 }
 
 /// Errors of the engines.

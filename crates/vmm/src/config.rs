@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+pub use virtio::balloon::BalloonConfig;
+pub use virtio::config::{DiskConfig, NetConfig, VsockConfig};
 
 /// Smallest guest RAM wirt accepts.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -124,7 +126,25 @@ pub struct VmConfig {
     pub engine: EngineChoice,
     #[serde(default)]
     pub serial: SerialConfig,
+    /// virtio-blk disks, in order (/dev/vda, /dev/vdb, ...).
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces with TAP back ends.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device whose host side is a Unix socket.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device fed by the host's getrandom.
+    #[serde(default)]
+    pub rng: bool,
+    /// A virtio-balloon device.
+    #[serde(default)]
+    pub balloon: Option<BalloonConfig>,
 }
+
+/// At most this many virtio devices: one free ISA interrupt line each.
+pub const MAX_VIRTIO_DEVICES: usize = 7;
 
 fn default_cpus() -> u8 {
     1
@@ -144,7 +164,21 @@ impl VmConfig {
             memory: default_memory(),
             engine: EngineChoice::Auto,
             serial: SerialConfig::Stdio,
+            disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
+            rng: false,
+            balloon: None,
         }
+    }
+
+    /// How many virtio devices this VM has.
+    pub fn virtio_device_count(&self) -> usize {
+        self.disks.len()
+            + self.nets.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng)
+            + usize::from(self.balloon.is_some())
     }
 
     /// Checks everything that can be checked without allocating anything.
@@ -162,6 +196,13 @@ impl VmConfig {
             return Err(ConfigError::MemoryAlignment(self.memory));
         }
         check_readable(&self.kernel, "kernel")?;
+        for d in &self.disks {
+            check_readable(&d.path, "disk image")?;
+        }
+        let n = self.virtio_device_count();
+        if n > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(n));
+        }
         if let Some(initrd) = &self.initrd {
             check_readable(initrd, "initrd")?;
         }
@@ -205,6 +246,8 @@ pub enum ConfigError {
     MemoryTooLarge(MemorySize),
     #[error("memory {0} is not a multiple of 4K")]
     MemoryAlignment(MemorySize),
+    #[error("{0} virtio devices requested: wirt supports at most 7 per VM")]
+    TooManyDevices(usize),
     #[error("{0} vCPUs requested: use 1 to 64")]
     Cpus(u8),
     #[error("cannot read {what} {}: {source}", path.display())]
@@ -266,5 +309,18 @@ mod tests {
         assert!(e.contains("cannot read kernel /nonexistent/vmlinux"), "{e}");
         c.kernel = "/".into();
         assert!(matches!(c.validate(), Err(ConfigError::NotAFile { .. })));
+        c.kernel = std::env::current_exe().unwrap();
+        c.disks.push("path=/nonexistent/disk.img".parse().unwrap());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read disk image /nonexistent/disk.img"),
+            "{e}"
+        );
+        c.disks.clear();
+        c.rng = true;
+        c.nets = (0..7)
+            .map(|i| format!("tap=t{i}").parse().unwrap())
+            .collect();
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(8))));
     }
 }

@@ -92,6 +92,11 @@ impl DeviceManager {
         })
     }
 
+    /// The MMIO bus (virtio transports go here).
+    pub fn mmio_bus(&self) -> &Bus {
+        &self.mmio
+    }
+
     /// Offers `bytes` to the UART until it took all of them, waiting for the guest to drain
     /// its receive FIFO in between. Gives up when the VM is stopping (`stopping` says so).
     pub fn deliver_serial_input(&self, mut bytes: &[u8], stopping: &dyn Fn() -> bool) {

@@ -13,6 +13,7 @@ pub mod pause;
 pub mod stats;
 pub mod terminal;
 pub mod vcpu;
+pub mod virtio_devices;
 pub mod vm;
 
 pub use vm::{run_vm, RunReport, RunningVm, VmState};
@@ -46,6 +47,8 @@ pub enum VmmError {
     Console(#[from] console::ConsoleError),
     #[error(transparent)]
     Devices(#[from] devices::DeviceError),
+    #[error(transparent)]
+    Virtio(#[from] virtio_devices::VirtioSetupError),
     #[error("cannot load the guest: {0}")]
     Boot(#[from] arch::platform::Error),
     #[error("cannot open {}: {source}", path.display())]

@@ -14,6 +14,7 @@ use crate::devices::DeviceManager;
 use crate::outcome::{Outcome, StopReason};
 use crate::pause::PauseGate;
 use crate::stats::VmStats;
+use crate::virtio_devices::{self, VirtioDevices};
 use crate::{vcpu, RunOptions, VmmError};
 
 /// What `run_vm` reports when the VM has ended.
@@ -43,6 +44,10 @@ pub struct RunningVm {
     counters: Vec<Arc<ExitCounters>>,
     devices: Arc<DeviceManager>,
     console: Option<Console>,
+    /// The virtio back ends (stopped when the VM is dropped).
+    virtio: VirtioDevices,
+    /// Keeps the engine's VM (and with it guest memory registration) alive.
+    _vm: Arc<dyn Vm>,
     engine: EngineKind,
     start: Instant,
     verbose: bool,
@@ -59,8 +64,8 @@ impl RunningVm {
         cfg.validate()?;
         let start = Instant::now();
         let ranges = arch::memory::ram_ranges(cfg.memory.0)?;
-        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(VmmError::Memory)?;
-        let vm = create_vm(cfg, &mem, opts)?;
+        let mem = Arc::new(GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(VmmError::Memory)?);
+        let vm: Arc<dyn Vm> = create_vm(cfg, &mem, opts)?.into();
         let engine = vm.engine();
         if opts.verbose {
             eprintln!(
@@ -77,6 +82,15 @@ impl RunningVm {
             start,
         )?);
 
+        let notify_vm = vm.clone();
+        let virtio = virtio_devices::attach(
+            cfg,
+            devices.mmio_bus(),
+            mem.clone(),
+            vm.interrupt_sink(),
+            Arc::new(move |gpa, len| notify_vm.note_guest_write(gpa, len)),
+        )?;
+
         let mut kernel = open(&cfg.kernel)?;
         let mut initrd = cfg.initrd.as_ref().map(|p| open(p)).transpose()?;
         let platform = arch::platform::PlatformConfig {
@@ -84,7 +98,7 @@ impl RunningVm {
             mem_size: cfg.memory.0,
             cmdline: cfg.cmdline.clone(),
             protocol: arch::boot::BootProtocol::Auto,
-            dsdt_devices: Vec::new(),
+            dsdt_devices: virtio.dsdt.clone(),
         };
         let boot = arch::platform::setup(
             &mem,
@@ -148,10 +162,17 @@ impl RunningVm {
             counters,
             devices,
             console: Some(console),
+            virtio,
+            _vm: vm,
             engine,
             start,
             verbose: opts.verbose,
         })
+    }
+
+    /// The balloon's controls, if the VM has a balloon.
+    pub fn balloon(&self) -> Option<&virtio::balloon::BalloonHandle> {
+        self.virtio.balloon.as_ref()
     }
 
     pub fn engine(&self) -> EngineKind {

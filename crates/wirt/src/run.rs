@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use vmm::config::{EngineChoice, MemorySize, SerialConfig, VmConfig};
+use vmm::config::{
+    BalloonConfig, DiskConfig, EngineChoice, MemorySize, NetConfig, SerialConfig, VmConfig,
+    VsockConfig,
+};
 use vmm::outcome::StopReason;
 use vmm::RunOptions;
 
@@ -32,6 +35,23 @@ pub struct RunArgs {
     /// Serial console backend: stdio, null, file:PATH or socket:PATH.
     #[arg(long, default_value = "stdio", value_name = "BACKEND")]
     serial: SerialConfig,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID].
+    /// Repeat for more disks (/dev/vda, /dev/vdb, ...).
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<DiskConfig>,
+    /// A virtio-net interface on a TAP device: tap=NAME[,mac=52:54:00:12:34:56]
+    /// (the TAP is created if missing; needs CAP_NET_ADMIN).
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<NetConfig>,
+    /// A virtio-vsock device: cid=N,socket=PATH (host side: Firecracker-style Unix socket).
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<VsockConfig>,
+    /// A virtio-rng device (the guest's /dev/hwrng, fed by the host's getrandom).
+    #[arg(long)]
+    rng: bool,
+    /// A virtio-balloon device; optional flags: deflate-on-oom=on,free-page-reporting=on.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    balloon: Option<BalloonSpec>,
     /// Print VM exits by reason (and instructions executed) when the VM ends.
     #[arg(long)]
     stats: bool,
@@ -68,6 +88,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         memory: args.memory,
         engine: args.engine,
         serial: args.serial,
+        disks: args.disk,
+        nets: args.net,
+        vsock: args.vsock,
+        rng: args.rng,
+        balloon: args.balloon.map(|b| b.0),
     };
     config.validate()?;
     let opts = RunOptions {
@@ -89,4 +114,48 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         eprint!("{}", report.stats.table());
     }
     Ok(report.reason.exit_status())
+}
+
+/// `--balloon [deflate-on-oom=on,free-page-reporting=on]`.
+#[derive(Clone, Debug)]
+pub struct BalloonSpec(BalloonConfig);
+
+impl std::str::FromStr for BalloonSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut cfg = BalloonConfig::default();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').unwrap_or((part, "on"));
+            let on = match value {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => return Err(format!("{key}={value}: use on or off")),
+            };
+            match key {
+                "deflate-on-oom" => cfg.deflate_on_oom = on,
+                "free-page-reporting" => cfg.free_page_reporting = on,
+                _ => {
+                    return Err(format!(
+                        "unknown balloon option {key:?}: use deflate-on-oom or free-page-reporting"
+                    ))
+                }
+            }
+        }
+        Ok(BalloonSpec(cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balloon_options_parse() {
+        let b: BalloonSpec = "".parse().unwrap();
+        assert!(!b.0.deflate_on_oom && !b.0.free_page_reporting);
+        let b: BalloonSpec = "deflate-on-oom=on,free-page-reporting".parse().unwrap();
+        assert!(b.0.deflate_on_oom && b.0.free_page_reporting);
+        assert!("inflate=on".parse::<BalloonSpec>().is_err());
+        assert!("deflate-on-oom=maybe".parse::<BalloonSpec>().is_err());
+    }
 }

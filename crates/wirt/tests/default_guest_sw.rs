@@ -12,25 +12,27 @@ use image::{cmdline_with_script, BuildOptions, DEFAULT_CMDLINE};
 const LIMIT: Duration = Duration::from_secs(900);
 
 fn boot_with_script(script: &str, cpus: &str) -> Run {
+    boot_with_script_and(script, cpus, &[])
+}
+
+fn boot_with_script_and(script: &str, cpus: &str, extra: &[&str]) -> Run {
     let img = image::build(&BuildOptions::default(), &mut |_| {})
         .expect("building the default guest image (needs apt access to Debian's packages)");
     let cmdline = cmdline_with_script(DEFAULT_CMDLINE, script).expect("script fits the cmdline");
     let initrd = img.initrd.to_string_lossy().into_owned();
-    wirt_run_for(
-        &img.kernel,
-        &[
-            "--engine",
-            "sw",
-            "--cpus",
-            cpus,
-            "--initrd",
-            &initrd,
-            "--cmdline",
-            &cmdline,
-            "--stats",
-        ],
-        LIMIT,
-    )
+    let mut args = vec![
+        "--engine",
+        "sw",
+        "--cpus",
+        cpus,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        &cmdline,
+        "--stats",
+    ];
+    args.extend_from_slice(extra);
+    wirt_run_for(&img.kernel, &args, LIMIT)
 }
 
 /// sha256 of `n` zero bytes, computed on the host for comparison.
@@ -72,4 +74,56 @@ fn two_vcpus_come_online_and_share_the_work() {
     assert!(out.contains("cpus=2\n"), "{out}");
     assert!(out.contains("a=200010000\n"), "{out}");
     assert!(out.contains("b=450015000\n"), "{out}");
+}
+
+#[test]
+fn virtio_blk_writes_reach_the_host_file_and_rng_gives_bytes() {
+    let dir = std::env::temp_dir().join(format!("wirt-virtio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("raw.img");
+    let fs = dir.join("fs.img");
+    for p in [&raw, &fs] {
+        std::fs::File::create(p).unwrap().set_len(32 << 20).unwrap();
+    }
+    // Disks are probed asynchronously: wait (bounded) until both block nodes exist.
+    let script = "i=0; while [ ! -b /dev/vdb ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n\
+                  set -e\n\
+                  echo wirt-disk-marker | dd of=/dev/vda bs=512 seek=2048 conv=fsync 2>/dev/null\n\
+                  mke2fs -q /dev/vdb\n\
+                  mkdir -p /mnt; mount /dev/vdb /mnt\n\
+                  echo file-content > /mnt/hello.txt; sync; umount /mnt\n\
+                  mount /dev/vdb /mnt; echo read-back=$(cat /mnt/hello.txt)\n\
+                  echo serial=$(cat /sys/block/vdb/serial)\n\
+                  echo rng=$(head -c 16 /dev/hwrng | hexdump -v -e '/1 \"%02x\"')\n";
+    let disk_a = format!("path={}", raw.display());
+    let disk_b = format!("path={},serial=wirt-test", fs.display());
+    let r = boot_with_script_and(
+        script,
+        "1",
+        &["--disk", &disk_a, "--disk", &disk_b, "--rng"],
+    );
+    let raw_bytes = std::fs::read(&raw).unwrap();
+    let fs_bytes = std::fs::read(&fs).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(r.status, 0, "{r:?}");
+    assert_eq!(image::cmdline::exit_status(&r.stdout), Some(0), "{r:?}");
+    let out = image::cmdline::script_output(&r.stdout).expect("script output");
+    assert!(out.contains("read-back=file-content\n"), "{out}");
+    assert!(out.contains("serial=wirt-test\n"), "{out}");
+    let rng = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rng="))
+        .expect("rng line");
+    assert_eq!(rng.len(), 32, "{out}");
+    assert_ne!(rng, "0".repeat(32), "{out}");
+    assert_eq!(
+        &raw_bytes[2048 * 512..2048 * 512 + 16],
+        b"wirt-disk-marker",
+        "flushed write on the host"
+    );
+    assert_eq!(
+        &fs_bytes[1080..1082],
+        &[0x53, 0xef],
+        "ext2 superblock magic on the host"
+    );
 }

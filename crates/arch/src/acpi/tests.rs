@@ -174,7 +174,8 @@ fn extra_devices_appear_in_the_dsdt() {
     m32.extend_from_slice(&0xd000_1000u32.to_le_bytes());
     m32.extend_from_slice(&0x1000u32.to_le_bytes());
     assert!(find(d, &m32).is_some());
-    assert!(find(d, &[0x89, 0x06, 0x00, 0x03, 0x01, 12, 0, 0, 0]).is_some());
+    // Level-triggered, active-high, consumer: flags 0x01.
+    assert!(find(d, &[0x89, 0x06, 0x00, 0x01, 0x01, 12, 0, 0, 0]).is_some());
     // QWord memory descriptor for the range above 4 GiB, level/low interrupt.
     assert!(find(d, &[0x8a, 0x2b, 0x00, 0x00]).is_some());
     assert!(find(d, &[0x89, 0x06, 0x00, 0x05, 0x01, 20, 0, 0, 0]).is_some());

@@ -224,7 +224,7 @@ impl Cpu {
                 let p = unsafe { e.host.add((lin & 0xfff) as usize) };
                 // SAFETY: p is 16-byte aligned guest RAM.
                 let cur = unsafe { crate::memory::cmpxchg16b(p, expect, new) };
-                if self.ram.versions().note_write_page(e.vidx) {
+                if self.ram.versions().note_write_page(e.vidx()) {
                     self.block_end = true;
                 }
                 cur

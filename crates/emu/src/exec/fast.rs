@@ -7,7 +7,8 @@ use iced_x86::{ConditionCode, Instruction, Mnemonic as M, OpKind, Register};
 
 use crate::cpu::Cpu;
 use crate::exceptions::R;
-use crate::flags::{mask, LazyOp};
+use crate::exec::shift::shift_op;
+use crate::flags::{mask, LazyOp, AF};
 use crate::platform::Platform;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,46 @@ pub enum Kind {
         d: u8,
         size: u8,
     },
+    /// shl/shr/sar/rol/ror r32/r64, imm (count already masked, nonzero). `flags` is false
+    /// when the next instruction of the block overwrites all arithmetic flags without
+    /// reading them and cannot fault (see `drop_dead_flags`), so they need not be computed.
+    ShiftRI {
+        op: ShiftOp,
+        d: u8,
+        size: u8,
+        count: u8,
+        flags: bool,
+    },
+    /// not r32/r64
+    NotR {
+        d: u8,
+        size: u8,
+    },
+    /// movzx/movsx/movsxd r32/r64, register (any width; AH..BH included)
+    ExtendR {
+        d: u8,
+        size: u8,
+        signed: bool,
+    },
+    /// movsx/movsxd r32/r64, [mem]
+    LoadSx {
+        d: u8,
+        size: u8,
+        src: u8,
+    },
+    /// mov [mem], r8/r16
+    StoreNarrow {
+        size: u8,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShiftOp {
+    Shl,
+    Shr,
+    Sar,
+    Rol,
+    Ror,
 }
 
 /// Index 0..16 of a 32/64-bit GPR, or None.
@@ -180,6 +221,11 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
         }
         M::Mov if k0 == OpKind::Memory && k1 == OpKind::Register => match gpr(ins.op1_register()) {
             Some((s, size)) => Kind::Store { s, size },
+            None if ins.op1_register().is_gpr8() || ins.op1_register().is_gpr16() => {
+                Kind::StoreNarrow {
+                    size: ins.op1_register().size() as u8,
+                }
+            }
             None => Kind::Generic,
         },
         M::Movzx if k1 == OpKind::Memory => match gpr(ins.op0_register()) {
@@ -192,6 +238,53 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
         M::Lea => match gpr(ins.op0_register()) {
             Some((d, size)) => Kind::Lea { d, size },
             None => Kind::Generic,
+        },
+        M::Shl | M::Sal | M::Shr | M::Sar | M::Rol | M::Ror
+            if k0 == OpKind::Register && k1 == OpKind::Immediate8 =>
+        {
+            let Some((d, size)) = gpr(ins.op0_register()) else {
+                return Kind::Generic;
+            };
+            let count = (ins.immediate8() as u32 & if size == 8 { 0x3f } else { 0x1f }) as u8;
+            if count == 0 {
+                return Kind::Generic;
+            }
+            let op = match m {
+                M::Shl | M::Sal => ShiftOp::Shl,
+                M::Shr => ShiftOp::Shr,
+                M::Sar => ShiftOp::Sar,
+                M::Rol => ShiftOp::Rol,
+                _ => ShiftOp::Ror,
+            };
+            Kind::ShiftRI {
+                op,
+                d,
+                size,
+                count,
+                flags: true,
+            }
+        }
+        M::Not if k0 == OpKind::Register => match gpr(ins.op0_register()) {
+            Some((d, size)) => Kind::NotR { d, size },
+            None => Kind::Generic,
+        },
+        M::Movzx | M::Movsx | M::Movsxd if k1 == OpKind::Register => {
+            match gpr(ins.op0_register()) {
+                Some((d, size)) if ins.op1_register().is_gpr() => Kind::ExtendR {
+                    d,
+                    size,
+                    signed: m != M::Movzx,
+                },
+                _ => Kind::Generic,
+            }
+        }
+        M::Movsx | M::Movsxd if k1 == OpKind::Memory => match gpr(ins.op0_register()) {
+            Some((d, size)) if matches!(ins.memory_size().size(), 1 | 2 | 4) => Kind::LoadSx {
+                d,
+                size,
+                src: ins.memory_size().size() as u8,
+            },
+            _ => Kind::Generic,
         },
         M::Inc | M::Dec if k0 == OpKind::Register && !lock => match gpr(ins.op0_register()) {
             Some((d, size)) => Kind::IncDec {
@@ -438,6 +531,256 @@ impl Cpu {
                 );
                 put(self, d, size, r);
                 Ok(())
+            }
+            Kind::ShiftRI {
+                op,
+                d,
+                size,
+                count,
+                flags,
+            } => {
+                if flags {
+                    self.shift_ri(op, d, size, count);
+                } else {
+                    self.shift_ri_no_flags(op, d, size, count);
+                }
+                Ok(())
+            }
+            Kind::NotR { d, size } => {
+                let v = !self.gpr[d as usize];
+                put(self, d, size, v);
+                Ok(())
+            }
+            Kind::ExtendR { d, size, signed } => {
+                let r = ins.op1_register();
+                let v = self.reg_read(r);
+                let v = if signed { sign_extend(v, r.size()) } else { v };
+                put(self, d, size, v);
+                Ok(())
+            }
+            Kind::LoadSx { d, size, src } => {
+                let lin = self.mem_lin(ins);
+                let user = self.user();
+                let v = self.read_lin(io, lin, src as usize, user)?;
+                put(self, d, size, sign_extend(v, src as usize));
+                Ok(())
+            }
+            Kind::StoreNarrow { size } => {
+                let lin = self.mem_lin(ins);
+                let user = self.user();
+                let v = self.reg_read(ins.op1_register());
+                self.write_lin(io, lin, size as usize, v, user)
+            }
+        }
+    }
+
+    /// A shift or rotate of a 32/64-bit register by a nonzero immediate count, with the
+    /// flags the generic path (`shift.rs`) computes.
+    #[inline(always)]
+    fn shift_ri(&mut self, op: ShiftOp, d: u8, size: u8, count: u8) {
+        let s = size as usize;
+        let a = self.gpr[d as usize] & mask(s);
+        let c = u32::from(count);
+        let (res, f) = match op {
+            ShiftOp::Shl => shift_op(M::Shl, s, a, c, 0),
+            ShiftOp::Shr => shift_op(M::Shr, s, a, c, 0),
+            ShiftOp::Sar => shift_op(M::Sar, s, a, c, 0),
+            ShiftOp::Rol | ShiftOp::Ror => {
+                // Rotates keep SF/ZF/PF/AF: the old flags are needed.
+                let old = self.flags.get();
+                let m = if op == ShiftOp::Rol { M::Rol } else { M::Ror };
+                let (res, f) = shift_op(m, s, a, c, old);
+                put(self, d, size, res);
+                self.flags.set_arith(f);
+                return;
+            }
+        };
+        put(self, d, size, res);
+        // Shifts leave AF undefined (hardware clears it).
+        self.flags.set_arith(f & !AF);
+    }
+}
+
+impl Cpu {
+    /// `shift_ri` without the flags (they are dead: see `drop_dead_flags`).
+    #[inline(always)]
+    fn shift_ri_no_flags(&mut self, op: ShiftOp, d: u8, size: u8, count: u8) {
+        let a = self.gpr[d as usize] & mask(size as usize);
+        let c = u32::from(count);
+        let res = match (op, size) {
+            (ShiftOp::Shl, _) => a << c,
+            (ShiftOp::Shr, _) => a >> c,
+            (ShiftOp::Sar, 8) => ((a as i64) >> c) as u64,
+            (ShiftOp::Sar, _) => ((a as u32 as i32) >> c) as u32 as u64,
+            (ShiftOp::Rol, 8) => a.rotate_left(c),
+            (ShiftOp::Rol, _) => (a as u32).rotate_left(c) as u64,
+            (ShiftOp::Ror, 8) => a.rotate_right(c),
+            (ShiftOp::Ror, _) => (a as u32).rotate_right(c) as u64,
+        };
+        put(self, d, size, res);
+    }
+}
+
+/// Whether an instruction of this kind writes all six arithmetic flags without reading
+/// any, and cannot fault (register operands only).
+fn kills_flags(k: &Kind) -> bool {
+    match k {
+        Kind::AluRR { .. } | Kind::AluRI { .. } => true,
+        Kind::ShiftRI { op, .. } => matches!(op, ShiftOp::Shl | ShiftOp::Shr | ShiftOp::Sar),
+        _ => false,
+    }
+}
+
+/// Marks shifts whose flags the next instruction of the block overwrites before anything
+/// can observe them. Nothing can come between two instructions of a block when the
+/// second cannot fault (interrupts are taken between blocks; single-stepping runs the
+/// generic path), so skipping those flags is exact.
+pub fn drop_dead_flags(kinds: &mut [Kind]) {
+    for i in 1..kinds.len() {
+        if kills_flags(&kinds[i]) {
+            if let Kind::ShiftRI { flags, .. } = &mut kinds[i - 1] {
+                *flags = false;
+            }
+        }
+    }
+}
+
+/// Sign-extends the low `size` bytes of `v` to 64 bits.
+#[inline(always)]
+fn sign_extend(v: u64, size: usize) -> u64 {
+    let sh = 64 - size * 8;
+    (((v << sh) as i64) >> sh) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    fn kind_of(bytes: &[u8]) -> Kind {
+        let ins = Decoder::with_ip(64, bytes, 0x1000, DecoderOptions::NONE).decode();
+        classify(&ins, 64)
+    }
+
+    /// The differential tests run every form through `classify`; this pins down which
+    /// forms take the fast paths, so a change that silently sends them back to the
+    /// generic dispatcher (or a wrong form into a fast path) is caught.
+    #[test]
+    fn shifts_extends_and_narrow_stores_take_fast_paths() {
+        let ror = Kind::ShiftRI {
+            op: ShiftOp::Ror,
+            d: 0,
+            size: 4,
+            count: 3,
+            flags: true,
+        };
+        assert_eq!(kind_of(&[0xc1, 0xc8, 0x03]), ror); // ror eax, 3
+        let shl1 = Kind::ShiftRI {
+            op: ShiftOp::Shl,
+            d: 0,
+            size: 8,
+            count: 1,
+            flags: true,
+        };
+        assert_eq!(kind_of(&[0x48, 0xd1, 0xe0]), shl1); // shl rax, 1
+                                                        // The count is masked to 5 bits for 32-bit operands: 33 -> 1.
+        let sar = Kind::ShiftRI {
+            op: ShiftOp::Sar,
+            d: 1,
+            size: 4,
+            count: 1,
+            flags: true,
+        };
+        assert_eq!(kind_of(&[0xc1, 0xf9, 0x21]), sar); // sar ecx, 33
+        assert_eq!(kind_of(&[0xc1, 0xe0, 0x00]), Kind::Generic); // shl eax, 0: no flags
+        assert_eq!(kind_of(&[0xc1, 0xd0, 0x03]), Kind::Generic); // rcl eax, 3
+        assert_eq!(kind_of(&[0xd3, 0xe0]), Kind::Generic); // shl eax, cl
+        assert_eq!(kind_of(&[0xc1, 0x20, 0x03]), Kind::Generic); // shl dword [rax], 3
+        assert_eq!(kind_of(&[0xf7, 0xd1]), Kind::NotR { d: 1, size: 4 }); // not ecx
+        let movzx_ah = Kind::ExtendR {
+            d: 0,
+            size: 4,
+            signed: false,
+        };
+        assert_eq!(kind_of(&[0x0f, 0xb6, 0xc4]), movzx_ah); // movzx eax, ah
+        let movsxd = Kind::LoadSx {
+            d: 0,
+            size: 8,
+            src: 4,
+        };
+        assert_eq!(kind_of(&[0x48, 0x63, 0x03]), movsxd); // movsxd rax, [rbx]
+        assert_eq!(
+            kind_of(&[0x88, 0x23]), // mov [rbx], ah
+            Kind::StoreNarrow { size: 1 }
+        );
+        assert_eq!(
+            kind_of(&[0x66, 0x89, 0x03]), // mov [rbx], ax
+            Kind::StoreNarrow { size: 2 }
+        );
+    }
+
+    fn shift_flags(k: &Kind) -> Option<bool> {
+        match k {
+            Kind::ShiftRI { flags, .. } => Some(*flags),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn flags_of_a_shift_are_dropped_only_before_an_instruction_that_overwrites_them() {
+        let ror = kind_of(&[0xc1, 0xc8, 0x03]); // ror eax, 3
+        let xor = kind_of(&[0x31, 0xd8]); // xor eax, ebx
+        let adc = kind_of(&[0x11, 0xd8]); // adc eax, ebx: reads CF
+        let inc = kind_of(&[0xff, 0xc0]); // inc eax: keeps CF
+        let xor_mem = kind_of(&[0x33, 0x03]); // xor eax, [rbx]: may fault
+        let mut kinds = vec![ror, xor, ror, adc, ror, inc, ror, xor_mem, ror, ror, ror];
+        drop_dead_flags(&mut kinds);
+        let got: Vec<Option<bool>> = kinds.iter().map(shift_flags).collect();
+        let (t, f) = (Some(true), Some(false));
+        let want = vec![f, None, t, None, t, None, t, None, t, t, t];
+        assert_eq!(got, want);
+        let shr = kind_of(&[0xc1, 0xe8, 0x02]); // shr eax, 2: writes all flags
+        let mut kinds = vec![ror, shr];
+        drop_dead_flags(&mut kinds);
+        assert_eq!(shift_flags(&kinds[0]), Some(false));
+    }
+
+    #[test]
+    fn shifts_without_flags_compute_the_same_results() {
+        let mem =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 4096)]).unwrap();
+        let mut cpu = Cpu::new(&mem);
+        let ops = [
+            ShiftOp::Shl,
+            ShiftOp::Shr,
+            ShiftOp::Sar,
+            ShiftOp::Rol,
+            ShiftOp::Ror,
+        ];
+        let values = [
+            0u64,
+            1,
+            0x8000_0000,
+            0xffff_ffff,
+            0x8000_0000_0000_0001,
+            0x0123_4567_89ab_cdef,
+            0xfedc_ba98_7654_3210,
+        ];
+        for op in ops {
+            for size in [4u8, 8] {
+                for count in 1..(size * 8) {
+                    for v in values {
+                        cpu.gpr[3] = v;
+                        cpu.shift_ri(op, 3, size, count);
+                        let with_flags = cpu.gpr[3];
+                        cpu.gpr[3] = v;
+                        cpu.shift_ri_no_flags(op, 3, size, count);
+                        assert_eq!(
+                            cpu.gpr[3], with_flags,
+                            "{op:?} size {size} count {count} value {v:#x}"
+                        );
+                    }
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ mod control;
 pub(crate) mod fast;
 mod io;
 mod muldiv;
-mod shift;
+pub(crate) mod shift;
 mod stack;
 mod string;
 mod system;

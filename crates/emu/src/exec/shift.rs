@@ -9,6 +9,7 @@ use crate::flags::{mask, sign, szp, AF, CF, OF};
 use crate::platform::Platform;
 
 /// Result and new arithmetic flags (given the old ones) of a shift/rotate by `count != 0`.
+#[inline(always)]
 pub fn shift_op(m: M, size: usize, a: u64, count: u32, old: u64) -> (u64, u64) {
     let bits = (size * 8) as u32;
     let mk = mask(size);

@@ -234,7 +234,7 @@ impl Cpu {
                 }
             }
         }
-        if self.ram.versions().note_write_page(de.vidx) {
+        if self.ram.versions().note_write_page(de.vidx()) {
             self.block_end = true;
         }
         let asz = asize_of(am);

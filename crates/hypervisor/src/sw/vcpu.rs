@@ -168,8 +168,7 @@ impl SwVcpu {
     /// Sleeps until the halted guest can go on: an interrupt it can take (only if IF=1),
     /// a startup IPI, or a kick. The irqchip fires due timers while it waits.
     fn sleep_while_halted(&mut self) {
-        const RFLAGS_IF: u64 = 1 << 9;
-        let interrupts_enabled = self.cpu.regs().rflags & RFLAGS_IF != 0;
+        let interrupts_enabled = self.cpu.interrupts_enabled();
         self.chip.wait_with(self.slot(), None, interrupts_enabled);
     }
 }

@@ -59,4 +59,8 @@ impl Vm for SwVm {
     fn interrupt_sink(&self) -> Arc<dyn InterruptSink> {
         self.chip.clone()
     }
+
+    fn note_guest_write(&self, gpa: u64, len: u64) {
+        self.ram.note_external_write(gpa, len);
+    }
 }

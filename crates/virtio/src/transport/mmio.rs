@@ -289,6 +289,13 @@ mod tests {
     }
 
     #[test]
+    fn event_idx_is_not_offered_while_avail_event_is_not_published() {
+        let d = TestDriver::new(Box::new(Rng::new()));
+        let event_idx = virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+        assert_eq!(d.device_features() & 1 << event_idx, 0);
+    }
+
+    #[test]
     fn feature_negotiation_rejects_unoffered_features() {
         let d = TestDriver::new(Box::new(Rng::new()));
         assert_eq!(d.read32(VIRTIO_MMIO_VENDOR_ID), VENDOR_ID);
