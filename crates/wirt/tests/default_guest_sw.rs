@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wirt_run_for, Run};
+use common::{wirt_run_for, wirt_with_input, Run};
 use image::{cmdline_with_script, BuildOptions, DEFAULT_CMDLINE};
 
 /// Generous: the software engine is slower than hardware; a hang still ends the test.
@@ -48,8 +48,12 @@ fn boots_to_user_space_and_computes_correctly() {
                   i=0; while [ $i -lt 300 ]; do i=$((i+1)); done; echo loop=$i\n\
                   head -c 3000000 /dev/zero | sha256sum\n\
                   exit 7\n";
-    let r = boot_with_script(script, "1");
+    let r = boot_with_script_and(script, "1", &["--verbose"]);
     assert_eq!(r.status, 0, "the guest must power off cleanly: {r:?}");
+    assert!(
+        r.stderr.contains("guest ready after"),
+        "no boot-timer write: {r:?}"
+    );
     let console = &r.stdout;
     assert!(
         image::cmdline::ready_uptime(console).is_some(),
@@ -126,4 +130,19 @@ fn virtio_blk_writes_reach_the_host_file_and_rng_gives_bytes() {
         &[0x53, 0xef],
         "ext2 superblock magic on the host"
     );
+}
+
+#[test]
+fn a_script_piped_into_wirt_run_runs_in_the_default_guest_shell() {
+    // Make sure the image exists first, so `wirt run` does not build it inside the test.
+    image::build(&BuildOptions::default(), &mut |_| {}).expect("default guest image");
+    let script = b"echo piped-$((6 * 7))\nexit 3\n";
+    let r = wirt_with_input(&["run", "--engine", "sw"], script, LIMIT);
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(r.stdout.contains("piped-42"), "{r:?}");
+    assert!(
+        !r.stdout.contains("echo piped"),
+        "input must not be echoed: {r:?}"
+    );
+    assert_eq!(image::cmdline::exit_status(&r.stdout), Some(3), "{r:?}");
 }

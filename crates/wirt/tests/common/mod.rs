@@ -69,11 +69,33 @@ pub fn wirt(args: &[&str]) -> Run {
     run_with_timeout(cmd, std::time::Duration::from_secs(120))
 }
 
-fn run_with_timeout(mut cmd: Command, limit: std::time::Duration) -> Run {
-    cmd.stdin(Stdio::null())
+/// Runs `wirt` with arbitrary arguments and `input` on its stdin (then closed).
+pub fn wirt_with_input(args: &[&str], input: &[u8], limit: std::time::Duration) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirt"));
+    cmd.args(args);
+    run_with_input(cmd, Some(input.to_vec()), limit)
+}
+
+fn run_with_timeout(cmd: Command, limit: std::time::Duration) -> Run {
+    run_with_input(cmd, None, limit)
+}
+
+fn run_with_input(mut cmd: Command, input: Option<Vec<u8>>, limit: std::time::Duration) -> Run {
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn wirt");
+    if let (Some(data), Some(mut pipe)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&data);
+        });
+    }
     let start = std::time::Instant::now();
     loop {
         if child.try_wait().expect("wait").is_some() {
