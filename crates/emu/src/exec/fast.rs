@@ -8,13 +8,17 @@ use iced_x86::{ConditionCode, Instruction, Mnemonic as M, OpKind, Register};
 use crate::cpu::Cpu;
 use crate::exceptions::R;
 use crate::exec::shift::shift_op;
-use crate::flags::{mask, LazyOp, AF};
+use crate::flags::{mask, szp, LazyOp, AF, CF, OF};
 use crate::platform::Platform;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AluOp {
     Add,
+    /// add with carry (reads CF)
+    Adc,
     Sub,
+    /// subtract with borrow (reads CF)
+    Sbb,
     And,
     Or,
     Xor,
@@ -128,6 +132,21 @@ pub enum Kind {
     StoreNarrow {
         size: u8,
     },
+    /// setcc r8
+    SetccR(ConditionCode),
+    /// cmovcc r32/r64, r32/r64
+    CmovRR {
+        cc: ConditionCode,
+        d: u8,
+        s: u8,
+        size: u8,
+    },
+    /// imul r32/r64, r32/r64 (two operands)
+    ImulRR {
+        d: u8,
+        s: u8,
+        size: u8,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -152,7 +171,9 @@ fn gpr(r: Register) -> Option<(u8, u8)> {
 fn alu_op(m: M) -> Option<AluOp> {
     Some(match m {
         M::Add => AluOp::Add,
+        M::Adc => AluOp::Adc,
         M::Sub => AluOp::Sub,
+        M::Sbb => AluOp::Sbb,
         M::And => AluOp::And,
         M::Or => AluOp::Or,
         M::Xor => AluOp::Xor,
@@ -286,6 +307,12 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
             },
             _ => Kind::Generic,
         },
+        M::Imul if ins.op_count() == 2 && k0 == OpKind::Register && k1 == OpKind::Register => {
+            match (gpr(ins.op0_register()), gpr(ins.op1_register())) {
+                (Some((d, size)), Some((s, ss))) if size == ss => Kind::ImulRR { d, s, size },
+                _ => Kind::Generic,
+            }
+        }
         M::Inc | M::Dec if k0 == OpKind::Register && !lock => match gpr(ins.op0_register()) {
             Some((d, size)) => Kind::IncDec {
                 inc: m == M::Inc,
@@ -340,6 +367,20 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
                 };
             }
             let cc = ins.condition_code();
+            if cc != ConditionCode::None && k0 == OpKind::Register {
+                let r0 = ins.op0_register();
+                if ins.op_count() == 1 && r0.is_gpr8() {
+                    return Kind::SetccR(cc);
+                }
+                if ins.op_count() == 2 && k1 == OpKind::Register {
+                    return match (gpr(r0), gpr(ins.op1_register())) {
+                        (Some((d, size)), Some((s, ss))) if size == ss => {
+                            Kind::CmovRR { cc, d, s, size }
+                        }
+                        _ => Kind::Generic,
+                    };
+                }
+            }
             if cc != ConditionCode::None
                 && matches!(
                     k0,
@@ -367,7 +408,17 @@ impl Cpu {
         let mk = mask(s);
         let (res, lazy, write) = match op {
             AluOp::Add => (a.wrapping_add(b) & mk, LazyOp::Add, true),
+            AluOp::Adc => {
+                let cin = self.flags.cf();
+                let lazy = if cin != 0 { LazyOp::Adc1 } else { LazyOp::Add };
+                (a.wrapping_add(b).wrapping_add(cin) & mk, lazy, true)
+            }
             AluOp::Sub => (a.wrapping_sub(b) & mk, LazyOp::Sub, true),
+            AluOp::Sbb => {
+                let cin = self.flags.cf();
+                let lazy = if cin != 0 { LazyOp::Sbb1 } else { LazyOp::Sub };
+                (a.wrapping_sub(b).wrapping_sub(cin) & mk, lazy, true)
+            }
             AluOp::Cmp => (a.wrapping_sub(b) & mk, LazyOp::Sub, false),
             AluOp::And => (a & b, LazyOp::Logic, true),
             AluOp::Test => (a & b, LazyOp::Logic, false),
@@ -571,6 +622,33 @@ impl Cpu {
                 let v = self.reg_read(ins.op1_register());
                 self.write_lin(io, lin, size as usize, v, user)
             }
+            Kind::SetccR(cc) => {
+                let t = self.flags.cond(cc);
+                self.reg_write(ins.op0_register(), t as u64);
+                Ok(())
+            }
+            Kind::CmovRR { cc, d, s, size } => {
+                // A 32-bit destination is zero-extended even when the move is not done.
+                let v = if self.flags.cond(cc) {
+                    self.gpr[s as usize]
+                } else {
+                    self.gpr[d as usize]
+                };
+                put(self, d, size, v);
+                Ok(())
+            }
+            Kind::ImulRR { d, s, size } => {
+                let sz = size as usize;
+                let (a, b) = (self.gpr[d as usize], self.gpr[s as usize]);
+                let full =
+                    i128::from(sign_extend(a, sz) as i64) * i128::from(sign_extend(b, sz) as i64);
+                let res = (full as u64) & mask(sz);
+                let of = i128::from(sign_extend(res, sz) as i64) != full;
+                put(self, d, size, res);
+                self.flags
+                    .set_arith(szp(res, sz) | if of { CF | OF } else { 0 });
+                Ok(())
+            }
         }
     }
 
@@ -625,7 +703,7 @@ impl Cpu {
 /// any, and cannot fault (register operands only).
 fn kills_flags(k: &Kind) -> bool {
     match k {
-        Kind::AluRR { .. } | Kind::AluRI { .. } => true,
+        Kind::AluRR { op, .. } | Kind::AluRI { op, .. } => !matches!(op, AluOp::Adc | AluOp::Sbb),
         Kind::ShiftRI { op, .. } => matches!(op, ShiftOp::Shl | ShiftOp::Shr | ShiftOp::Sar),
         _ => false,
     }
