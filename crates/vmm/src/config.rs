@@ -141,6 +141,9 @@ pub struct VmConfig {
     /// A virtio-balloon device.
     #[serde(default)]
     pub balloon: Option<BalloonConfig>,
+    /// How much memory the balloon takes from the guest at start (needs `balloon`).
+    #[serde(default)]
+    pub balloon_target: Option<MemorySize>,
 }
 
 /// At most this many virtio devices: one free ISA interrupt line each.
@@ -169,6 +172,7 @@ impl VmConfig {
             vsock: None,
             rng: false,
             balloon: None,
+            balloon_target: None,
         }
     }
 
@@ -198,6 +202,14 @@ impl VmConfig {
         check_readable(&self.kernel, "kernel")?;
         for d in &self.disks {
             check_readable(&d.path, "disk image")?;
+        }
+        if let Some(t) = self.balloon_target {
+            if self.balloon.is_none() {
+                return Err(ConfigError::BalloonTargetWithoutBalloon);
+            }
+            if t.0 >= self.memory.0 {
+                return Err(ConfigError::BalloonTargetTooLarge(t, self.memory));
+            }
         }
         let n = self.virtio_device_count();
         if n > MAX_VIRTIO_DEVICES {
@@ -248,6 +260,10 @@ pub enum ConfigError {
     MemoryAlignment(MemorySize),
     #[error("{0} virtio devices requested: wirt supports at most 7 per VM")]
     TooManyDevices(usize),
+    #[error("a balloon target needs a balloon device")]
+    BalloonTargetWithoutBalloon,
+    #[error("balloon target {0} must be less than the guest's memory {1}")]
+    BalloonTargetTooLarge(MemorySize, MemorySize),
     #[error("{0} vCPUs requested: use 1 to 64")]
     Cpus(u8),
     #[error("cannot read {what} {}: {source}", path.display())]

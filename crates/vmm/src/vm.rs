@@ -83,6 +83,7 @@ impl RunningVm {
         )?);
 
         let notify_vm = vm.clone();
+        // Balloon pages are 4 KiB (virtio-balloon's unit, whatever the guest's page size).
         let virtio = virtio_devices::attach(
             cfg,
             devices.mmio_bus(),
@@ -90,6 +91,10 @@ impl RunningVm {
             vm.interrupt_sink(),
             Arc::new(move |gpa, len| notify_vm.note_guest_write(gpa, len)),
         )?;
+
+        if let (Some(b), Some(target)) = (&virtio.balloon, cfg.balloon_target) {
+            b.set_target_pages(u32::try_from(target.0 >> 12).unwrap_or(u32::MAX));
+        }
 
         let mut kernel = open(&cfg.kernel)?;
         let mut initrd = cfg.initrd.as_ref().map(|p| open(p)).transpose()?;

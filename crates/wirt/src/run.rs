@@ -49,7 +49,8 @@ pub struct RunArgs {
     /// A virtio-rng device (the guest's /dev/hwrng, fed by the host's getrandom).
     #[arg(long)]
     rng: bool,
-    /// A virtio-balloon device; optional flags: deflate-on-oom=on,free-page-reporting=on.
+    /// A virtio-balloon device; options: deflate-on-oom=on, free-page-reporting=on, and
+    /// target=SIZE (memory the balloon takes from the guest at start, e.g. target=64M).
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
     balloon: Option<BalloonSpec>,
     /// Print VM exits by reason (and instructions executed) when the VM ends.
@@ -92,6 +93,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         nets: args.net,
         vsock: args.vsock,
         rng: args.rng,
+        balloon_target: args.balloon.as_ref().and_then(|b| b.1),
         balloon: args.balloon.map(|b| b.0),
     };
     config.validate()?;
@@ -118,14 +120,19 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 /// `--balloon [deflate-on-oom=on,free-page-reporting=on]`.
 #[derive(Clone, Debug)]
-pub struct BalloonSpec(BalloonConfig);
+pub struct BalloonSpec(BalloonConfig, Option<MemorySize>);
 
 impl std::str::FromStr for BalloonSpec {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut cfg = BalloonConfig::default();
+        let mut target = None;
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let (key, value) = part.split_once('=').unwrap_or((part, "on"));
+            if key == "target" {
+                target = Some(value.parse::<MemorySize>().map_err(|e| e.to_string())?);
+                continue;
+            }
             let on = match value {
                 "on" | "true" | "1" => true,
                 "off" | "false" | "0" => false,
@@ -136,12 +143,13 @@ impl std::str::FromStr for BalloonSpec {
                 "free-page-reporting" => cfg.free_page_reporting = on,
                 _ => {
                     return Err(format!(
-                        "unknown balloon option {key:?}: use deflate-on-oom or free-page-reporting"
+                        "unknown balloon option {key:?}: use deflate-on-oom, free-page-reporting \
+                         or target"
                     ))
                 }
             }
         }
-        Ok(BalloonSpec(cfg))
+        Ok(BalloonSpec(cfg, target))
     }
 }
 
@@ -156,6 +164,9 @@ mod tests {
         let b: BalloonSpec = "deflate-on-oom=on,free-page-reporting".parse().unwrap();
         assert!(b.0.deflate_on_oom && b.0.free_page_reporting);
         assert!("inflate=on".parse::<BalloonSpec>().is_err());
+        let b: BalloonSpec = "target=64M".parse().unwrap();
+        assert_eq!(b.1, Some(MemorySize(64 << 20)));
+        assert!("target=lots".parse::<BalloonSpec>().is_err());
         assert!("deflate-on-oom=maybe".parse::<BalloonSpec>().is_err());
     }
 }

@@ -146,3 +146,25 @@ fn a_script_piped_into_wirt_run_runs_in_the_default_guest_shell() {
     );
     assert_eq!(image::cmdline::exit_status(&r.stdout), Some(3), "{r:?}");
 }
+
+#[test]
+fn balloon_target_takes_memory_from_the_guest() {
+    let mem_total = |extra: &[&str]| -> u64 {
+        let mut args = vec!["--memory", "256M"];
+        args.extend_from_slice(extra);
+        let r = boot_with_script_and("grep MemTotal /proc/meminfo\n", "1", &args);
+        assert_eq!(r.status, 0, "{r:?}");
+        let out = image::cmdline::script_output(&r.stdout).expect("script output");
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no MemTotal in {out:?}"))
+    };
+    let without = mem_total(&[]);
+    let with = mem_total(&["--balloon", "target=64M"]);
+    let taken_kib = without - with;
+    assert!(
+        (60 * 1024..=68 * 1024).contains(&taken_kib),
+        "the balloon took {taken_kib} KiB, expected about 64 MiB"
+    );
+}

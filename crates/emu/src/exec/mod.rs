@@ -33,7 +33,7 @@ impl Cpu {
             if base == Register::EIP {
                 return a & 0xffff_ffff;
             }
-            a = a.wrapping_add(self.reg_read(base));
+            a = a.wrapping_add(self.addr_reg(base));
             base.size()
         } else if index != Register::None {
             index.size()
@@ -47,11 +47,23 @@ impl Cpu {
         };
         if index != Register::None {
             a = a.wrapping_add(
-                self.reg_read(index)
+                self.addr_reg(index)
                     .wrapping_mul(ins.memory_index_scale() as u64),
             );
         }
         a & mask(asize)
+    }
+
+    /// An address register's value: 64-bit GPRs (almost every base and index in 64-bit
+    /// code) without going through `reg_read`'s dispatch on the register kind.
+    #[inline(always)]
+    fn addr_reg(&self, r: Register) -> u64 {
+        let n = (r as usize).wrapping_sub(Register::RAX as usize);
+        if n < 16 {
+            self.gpr[n]
+        } else {
+            self.reg_read(r)
+        }
     }
 
     /// Linear address of the memory operand.
