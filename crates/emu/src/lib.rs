@@ -2,17 +2,21 @@
 //!
 //! # Architecture
 //!
-//! - **Decoding** is iced-x86's (`decode_cache.rs`): guest code is decoded into basic
-//!   blocks of `iced_x86::Instruction`s, cached by linear address and validated on every
-//!   entry against the physical page (through the TLB) and that page's *code version*.
+//! - **Decoding** is iced-x86's (`decode_cache.rs`): guest code is decoded into blocks
+//!   of `iced_x86::Instruction`s, cached by linear address and validated on every entry
+//!   against the physical page (through the TLB) and that page's *code version*. A block
+//!   is a trace through one page: it goes on past conditional branches (not-taken path)
+//!   and same-page direct jumps, and the run loop leaves it wherever execution departs.
 //! - **Code versions** (`memory.rs`): one `AtomicU32` per 4 KiB guest page, shared by all
 //!   vCPUs; a write to a page that holds decoded code bumps it, so self-modifying code and
 //!   the kernel's alternatives/jump-label patching (also from another vCPU) take effect.
 //! - **Interpreter** (`exec/`): one function per instruction group, working on iced's
 //!   operand description; arithmetic flags are lazy (`flags.rs`). The most frequent forms
-//!   (mov/alu/jcc/call/ret/push/pop/lea with 32/64-bit registers) are classified once per
-//!   decoded block and run through specialised fast paths (`exec/fast.rs`); REP MOVS/STOS
-//!   copy page-sized chunks at once.
+//!   (mov/alu/adc/sbb/jcc/call/ret/push/pop/lea/shifts/rotates/setcc/cmov/imul with
+//!   32/64-bit registers) are classified once per decoded block and run through
+//!   specialised fast paths (`exec/fast.rs`); a shift whose flags the next instruction
+//!   overwrites skips computing them. REP MOVS/STOS copy page-sized chunks at once.
+//! - **Port I/O** (`exec/io.rs`) checks IOPL and then the TSS I/O permission bitmap.
 //! - **MMU** (`mmu.rs`, `tlb.rs`): 32-bit, PAE and 4-level page walks with A/D bits, NX,
 //!   U/S, R/W+WP, global and large pages; a direct-mapped software TLB holds host pointers
 //!   so most accesses are a probe plus a host load/store. Every guest-physical access is
