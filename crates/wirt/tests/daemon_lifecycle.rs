@@ -172,3 +172,40 @@ fn guest_exits_vmm_crashes_and_daemon_crashes_are_handled() {
     assert!(!alive(vmm[0]), "a VMM outlived its daemon");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn two_default_guest_vms_boot_pause_resume_and_are_killed() {
+    // The default guest (Debian kernel + busybox), built into the cache if missing.
+    image::build(&image::BuildOptions::default(), &mut |_| {}).expect("default guest image");
+    let dir = temp_dir("default-guest");
+    let d = Daemon::start(&dir);
+    for name in ["linux-a", "linux-b"] {
+        let v = d.vm_ok(&[
+            "create", name, "--start", "--engine", "sw", "--memory", "128M",
+        ]);
+        assert_eq!(v["state"], "running", "{v}");
+    }
+    // Booting the minimal kernel to its shell takes about 10^8 instructions.
+    for name in ["linux-a", "linux-b"] {
+        d.wait_for(name, "booted", |v| instructions(v) > 80_000_000);
+    }
+    d.vm_ok(&["pause", "linux-a"]);
+    let p1 = instructions(&d.vm_ok(&["info", "linux-a"]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        instructions(&d.vm_ok(&["info", "linux-a"])),
+        p1,
+        "ran while paused"
+    );
+    d.vm_ok(&["resume", "linux-a"]);
+    // An idle guest still takes timer interrupts: its counters keep growing.
+    d.wait_for("linux-a", "running after resume", |v| instructions(v) > p1);
+    for name in ["linux-a", "linux-b"] {
+        let v = d.vm_ok(&["kill", name]);
+        assert_eq!(v["state"], "stopped", "{v}");
+        assert_eq!(d.vm_ok(&["rm", name])["deleted"], name);
+    }
+    eventually("the VMMs are reaped", || d.children().is_empty());
+    d.stop();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
