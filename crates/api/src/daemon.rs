@@ -118,8 +118,12 @@ pub fn vm_config(spec: &VmSpec, run_dir: &Path) -> VmConfig {
         memory: spec.memory,
         engine: spec.engine,
         serial: SerialConfig::Socket(run_dir.join("console.sock")),
-        // Devices are not part of the API's VM definition yet.
-        ..VmConfig::new(spec.kernel.clone())
+        disks: spec.disks.clone(),
+        nets: spec.nets.clone(),
+        vsock: spec.vsock.clone(),
+        rng: spec.rng,
+        balloon: spec.balloon,
+        balloon_target: spec.balloon_target,
     }
 }
 

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use vmm::config::{EngineChoice, MemorySize};
+use vmm::config::{BalloonConfig, DiskConfig, EngineChoice, MemorySize, NetConfig, VsockConfig};
 
 use crate::lifecycle::VmState;
 
@@ -34,6 +34,29 @@ pub struct VmSpec {
     pub memory: MemorySize,
     #[serde(default)]
     pub engine: EngineChoice,
+    /// virtio-blk disks, in order (/dev/vda, /dev/vdb, ...); paths on the daemon's host.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// virtio-net interfaces on TAP devices.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device whose host side is a Unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device.
+    #[serde(default)]
+    pub rng: bool,
+    /// A virtio-balloon device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
+    /// Memory the balloon takes from the guest at start (needs `balloon`), written like
+    /// `memory`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_memory"
+    )]
+    pub balloon_target: Option<MemorySize>,
 }
 
 fn default_cpus() -> u8 {
@@ -55,6 +78,12 @@ fn memory_from_number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<Memor
         Either::Bytes(b) => Ok(MemorySize(b)),
         Either::Text(s) => s.parse().map_err(serde::de::Error::custom),
     }
+}
+
+fn optional_memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MemorySize>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrap(#[serde(deserialize_with = "memory_from_number_or_string")] MemorySize);
+    Ok(Option::<Wrap>::deserialize(d)?.map(|w| w.0))
 }
 
 /// Exit counts by reason and instructions executed (software engine), so far.
@@ -162,5 +191,37 @@ mod tests {
         assert!(
             serde_json::from_str::<VmSpec>(r#"{"name":"a","kernel":"/k","colour":1}"#).is_err()
         );
+    }
+
+    #[test]
+    fn spec_devices_default_to_none_and_parse_in_the_virtio_shapes() {
+        let s: VmSpec = serde_json::from_str(r#"{"name":"a","kernel":"/k"}"#).unwrap();
+        assert!(s.disks.is_empty() && s.nets.is_empty() && !s.rng);
+        assert_eq!((s.vsock, s.balloon, s.balloon_target), (None, None, None));
+        let s: VmSpec = serde_json::from_str(
+            r#"{"name":"a","kernel":"/k","disks":[{"path":"/d.img","readonly":true}],
+                "nets":[{"tap":"tap0","mac":[82,84,0,1,2,3]}],"vsock":{"cid":3,"socket":"/v"},
+                "rng":true,"balloon":{"deflate_on_oom":true,"free_page_reporting":false},
+                "balloon_target":"64M"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.disks[0].path, PathBuf::from("/d.img"));
+        assert!(s.disks[0].readonly);
+        assert_eq!(s.nets[0].tap, "tap0");
+        assert_eq!(s.vsock.as_ref().map(|v| v.cid), Some(3));
+        assert!(s.rng);
+        assert!(s.balloon.is_some_and(|b| b.deflate_on_oom));
+        assert_eq!(s.balloon_target, Some(MemorySize(64 << 20)));
+        let back: VmSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back, s);
+        let s: VmSpec = serde_json::from_str(
+            r#"{"name":"a","kernel":"/k","vsock":null,"balloon":null,"balloon_target":null}"#,
+        )
+        .unwrap();
+        assert_eq!((s.vsock, s.balloon, s.balloon_target), (None, None, None));
+        assert!(serde_json::from_str::<VmSpec>(
+            r#"{"name":"a","kernel":"/k","balloon_target":"lots"}"#
+        )
+        .is_err());
     }
 }

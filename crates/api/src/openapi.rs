@@ -58,8 +58,17 @@ pub fn check_response(
 }
 
 /// Validates `value` against the subset of JSON Schema the document uses: `$ref`, `type`,
-/// `required`, `properties`, `additionalProperties`, `items`, `enum`, `oneOf`.
+/// `required`, `properties`, `additionalProperties`, `items`, `enum`, `oneOf`, `allOf`, and
+/// OpenAPI 3.0's `nullable` (keywords outside the subset, such as `minimum`, are not checked).
 pub fn check_value(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), String> {
+    if value.is_null() && schema["nullable"] == Value::Bool(true) {
+        return Ok(());
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            check_value(doc, s, value, at)?;
+        }
+    }
     if let Some(r) = schema["$ref"].as_str() {
         let name = r.trim_start_matches("#/components/schemas/");
         return check_value(doc, &doc["components"]["schemas"][name], value, at);
@@ -197,8 +206,41 @@ mod tests {
         let mut bad = good.clone();
         bad["config"]["colour"] = 1.into();
         assert!(check_value(&doc, &info, &bad, "b").is_err());
-        let mut bad = good;
+        let mut bad = good.clone();
         bad.as_object_mut().unwrap().remove("vcpus");
         assert!(check_value(&doc, &info, &bad, "b").is_err());
+
+        // Devices: `nullable` admits null, `allOf` still checks a present value.
+        let mut dev = good;
+        dev["config"]["vsock"] = Value::Null;
+        dev["config"]["disks"] = serde_json::json!([{"path": "/d", "serial": null}]);
+        check_value(&doc, &info, &dev, "b").unwrap();
+        let mut bad = dev.clone();
+        bad["config"]["vsock"] = serde_json::json!({"cid": 3});
+        assert!(check_value(&doc, &info, &bad, "b").is_err());
+        let mut bad = dev.clone();
+        bad["config"]["disks"] = serde_json::json!([{"readonly": true}]);
+        assert!(check_value(&doc, &info, &bad, "b").is_err());
+        let mut bad = dev;
+        bad["config"]["cpus"] = Value::Null;
+        assert!(check_value(&doc, &info, &bad, "b").is_err());
+    }
+
+    #[test]
+    fn a_spec_with_every_device_serializes_to_what_the_document_describes() {
+        let doc = document();
+        let schema = serde_json::json!({"$ref": "#/components/schemas/VmSpec"});
+        let spec: crate::model::VmSpec = serde_json::from_value(serde_json::json!({
+            "name": "a", "kernel": "/k", "disks": [{"path": "/d"}, {"path": "/e", "serial": "s",
+            "format": "qcow2", "readonly": true}], "nets": [{"tap": "t0"},
+            {"tap": "t1", "mac": [82, 84, 0, 1, 2, 3]}], "vsock": {"cid": 3, "socket": "/v"},
+            "rng": true, "balloon": {"deflate_on_oom": true, "free_page_reporting": true},
+            "balloon_target": "32M"}))
+        .unwrap();
+        let value = serde_json::to_value(&spec).unwrap();
+        check_value(&doc, &schema, &value, "spec").unwrap();
+        let bare: crate::model::VmSpec =
+            serde_json::from_value(serde_json::json!({"name": "a", "kernel": "/k"})).unwrap();
+        check_value(&doc, &schema, &serde_json::to_value(&bare).unwrap(), "spec").unwrap();
     }
 }

@@ -14,7 +14,7 @@ use anyhow::Context;
 use api::client::{Client, ClientError};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use vmm::config::{EngineChoice, MemorySize};
+use vmm::config::{BalloonConfig, DiskConfig, EngineChoice, MemorySize, NetConfig, VsockConfig};
 
 #[derive(Args, Debug)]
 pub struct VmArgs {
@@ -78,9 +78,62 @@ struct CreateArgs {
     memory: MemorySize,
     #[arg(long, default_value = "auto", value_name = "ENGINE")]
     engine: EngineChoice,
+    /// A virtio-blk disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID] (a path on
+    /// the daemon's host). Repeat for more disks.
+    #[arg(long, value_name = "SPEC")]
+    disk: Vec<DiskConfig>,
+    /// A virtio-net interface on a TAP device: tap=NAME[,mac=52:54:00:12:34:56].
+    #[arg(long, value_name = "SPEC")]
+    net: Vec<NetConfig>,
+    /// A virtio-vsock device: cid=N,socket=PATH.
+    #[arg(long, value_name = "SPEC")]
+    vsock: Option<VsockConfig>,
+    /// A virtio-rng device.
+    #[arg(long)]
+    rng: bool,
+    /// A virtio-balloon device; options: deflate-on-oom=on, free-page-reporting=on,
+    /// target=SIZE.
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    balloon: Option<BalloonArg>,
     /// Start the VM once it is defined.
     #[arg(long)]
     start: bool,
+}
+
+/// `--balloon [deflate-on-oom=on,free-page-reporting=on,target=SIZE]`, as `wirt run` takes
+/// it (`run::BalloonSpec` has the same syntax but keeps its parts private to `run`).
+#[derive(Clone, Debug, PartialEq)]
+struct BalloonArg(BalloonConfig, Option<MemorySize>);
+
+impl std::str::FromStr for BalloonArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut cfg = BalloonConfig::default();
+        let mut target = None;
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').unwrap_or((part, "on"));
+            if key == "target" {
+                target = Some(value.parse::<MemorySize>().map_err(|e| e.to_string())?);
+                continue;
+            }
+            let on = match value {
+                "on" | "true" | "1" => true,
+                "off" | "false" | "0" => false,
+                _ => return Err(format!("{key}={value}: use on or off")),
+            };
+            match key {
+                "deflate-on-oom" => cfg.deflate_on_oom = on,
+                "free-page-reporting" => cfg.free_page_reporting = on,
+                _ => {
+                    return Err(format!(
+                        "unknown balloon option {key:?}: use deflate-on-oom, free-page-reporting \
+                         or target"
+                    ))
+                }
+            }
+        }
+        Ok(BalloonArg(cfg, target))
+    }
 }
 
 /// Exit status for an API error (see the module docs).
@@ -164,10 +217,20 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
             };
             let mut spec = json!({
                 "name": a.name, "kernel": kernel, "cmdline": cmdline, "cpus": a.cpus,
-                "memory": a.memory.0, "engine": a.engine,
+                "memory": a.memory.0, "engine": a.engine, "disks": a.disk, "nets": a.net,
+                "rng": a.rng,
             });
             if let Some(i) = initrd {
                 spec["initrd"] = json!(i);
+            }
+            if let Some(v) = a.vsock {
+                spec["vsock"] = json!(v);
+            }
+            if let Some(BalloonArg(cfg, target)) = a.balloon {
+                spec["balloon"] = json!(cfg);
+                if let Some(t) = target {
+                    spec["balloon_target"] = json!(t.0);
+                }
             }
             let mut v = c.call("POST", "/v1/vms", Some(&spec)).await?;
             if a.start {
@@ -396,4 +459,58 @@ fn info_table(v: &Value) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        vm: VmArgs,
+    }
+
+    #[test]
+    fn create_takes_the_device_flags_of_run() {
+        let cli = Cli::try_parse_from([
+            "wirt",
+            "create",
+            "a",
+            "--disk",
+            "path=/d.img,readonly=on",
+            "--disk",
+            "path=/e.img",
+            "--net",
+            "tap=tap0",
+            "--vsock",
+            "cid=3,socket=/v.sock",
+            "--rng",
+            "--balloon",
+        ])
+        .unwrap();
+        let VmCommand::Create(a) = cli.vm.command else {
+            panic!("not create");
+        };
+        assert_eq!(a.disk.len(), 2);
+        assert!(a.disk[0].readonly);
+        assert_eq!(a.net[0].tap, "tap0");
+        assert_eq!(a.vsock.map(|v| v.cid), Some(3));
+        assert!(a.rng);
+        assert_eq!(a.balloon, Some(BalloonArg(BalloonConfig::default(), None)));
+        assert!(Cli::try_parse_from(["wirt", "create", "a", "--disk", "readonly=on"]).is_err());
+    }
+
+    #[test]
+    fn balloon_options_parse() {
+        let b: BalloonArg = "deflate-on-oom=on,free-page-reporting,target=64M"
+            .parse()
+            .unwrap();
+        assert!(b.0.deflate_on_oom && b.0.free_page_reporting);
+        assert_eq!(b.1, Some(MemorySize(64 << 20)));
+        assert!("inflate=on".parse::<BalloonArg>().is_err());
+        assert!("target=lots".parse::<BalloonArg>().is_err());
+        assert!("deflate-on-oom=maybe".parse::<BalloonArg>().is_err());
+    }
 }

@@ -341,3 +341,101 @@ fn every_documented_path_answers_as_documented_and_bad_input_is_refused() {
     d.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn devices_round_trip_and_bad_devices_are_refused_before_anything_is_stored() {
+    let dir = temp_dir("devices");
+    let d = Daemon::start(&dir);
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let spin = long_running_guest();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = Checked {
+            client: Client::new(&d.socket),
+            doc: document(),
+            covered: BTreeSet::new(),
+        };
+
+        // Refused, with nothing stored: a disk that does not exist, 8 devices, a balloon
+        // target that is not below memory, a target without a balloon, an unknown disk
+        // format.
+        let mut missing = spec("m", &spin);
+        missing["disks"] = json!([{"path": "/nonexistent/disk.img"}]);
+        let v = c.create(bytes(&missing), 422, Some("invalid_config")).await;
+        assert!(v["message"].as_str().unwrap().contains("disk image"), "{v}");
+        let mut eight = spec("m", &spin);
+        eight["rng"] = json!(true);
+        eight["nets"] = json!((0..7)
+            .map(|i| json!({"tap": format!("t{i}")}))
+            .collect::<Vec<_>>());
+        let v = c.create(bytes(&eight), 422, Some("invalid_config")).await;
+        assert!(v["message"].as_str().unwrap().contains("at most 7"), "{v}");
+        let mut target = spec("m", &spin);
+        target["balloon"] = json!({"deflate_on_oom": false, "free_page_reporting": false});
+        target["balloon_target"] = json!("64M");
+        c.create(bytes(&target), 422, Some("invalid_config")).await;
+        let mut lone = spec("m", &spin);
+        lone["balloon_target"] = json!("16M");
+        c.create(bytes(&lone), 422, Some("invalid_config")).await;
+        let mut format = spec("m", &spin);
+        format["disks"] = json!([{"path": disk, "format": "vmdk"}]);
+        c.create(bytes(&format), 422, Some("invalid_request")).await;
+        let v = c.expect("GET", "/v1/vms", "", 200, None).await;
+        assert_eq!(v, json!({"vms": []}));
+        assert_eq!(
+            std::fs::read_dir(d.state_dir.join("vms")).unwrap().count(),
+            0
+        );
+
+        // Accepted: the devices come back in `info`, in the documented shape.
+        let mut good = spec("dev", &spin);
+        good["disks"] = json!([{"path": disk, "readonly": true, "serial": "abc"}]);
+        good["rng"] = json!(true);
+        good["vsock"] = json!({"cid": 5, "socket": dir.join("v.sock")});
+        good["balloon"] = json!({"deflate_on_oom": true, "free_page_reporting": false});
+        good["balloon_target"] = json!("16M");
+        c.create(bytes(&good), 201, None).await;
+        let v = c.expect("GET", "/v1/vms/{name}", "dev", 200, None).await;
+        let cfg = &v["config"];
+        assert_eq!(
+            cfg["disks"],
+            json!([{"path": disk, "readonly": true, "serial": "abc", "format": "raw"}])
+        );
+        assert_eq!(cfg["rng"], true);
+        assert_eq!(cfg["nets"], json!([]));
+        assert_eq!(cfg["vsock"]["cid"], 5);
+        assert_eq!(cfg["balloon"]["deflate_on_oom"], true);
+        assert_eq!(cfg["balloon_target"], 16 << 20);
+    });
+
+    // The CLI takes `wirt run`'s device flags.
+    let disk_flag = format!("path={},readonly=on", disk.display());
+    let mut args = vec!["create".to_string(), "cli".into()];
+    args.extend(daemon_support::create_args(&spin));
+    args.extend(["--disk", &disk_flag, "--rng", "--balloon", "target=16M"].map(String::from));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    d.vm_ok(&argv);
+    let v = d.vm_ok(&["info", "cli"]);
+    assert_eq!(v["config"]["disks"][0]["path"], json!(disk));
+    assert_eq!(v["config"]["disks"][0]["readonly"], true);
+    assert_eq!(v["config"]["rng"], true);
+    assert_eq!(
+        v["config"]["balloon"],
+        json!({"deflate_on_oom": false, "free_page_reporting": false})
+    );
+    assert_eq!(v["config"]["balloon_target"], 16 << 20);
+    let mut bad = argv.clone();
+    bad[1] = "cli2";
+    let bad_disk = "path=/nonexistent/disk.img";
+    let i = bad.iter().position(|a| *a == disk_flag).unwrap();
+    bad[i] = bad_disk;
+    let (status, _) = d.vm(&bad);
+    assert_eq!(status, 3, "a missing disk is a rejected request");
+    let (status, _) = d.vm(&["info", "cli2"]);
+    assert_eq!(status, 4, "nothing was stored");
+    d.stop();
+}
