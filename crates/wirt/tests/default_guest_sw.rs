@@ -168,3 +168,89 @@ fn balloon_target_takes_memory_from_the_guest() {
         "the balloon took {taken_kib} KiB, expected about 64 MiB"
     );
 }
+
+/// Runs `ip` with `args`; panics with its stderr on failure.
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Removes the test's network namespace however the test ends.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn the_guest_pings_the_host_over_a_tap_in_a_network_namespace() {
+    let can_net = std::path::Path::new("/dev/net/tun").exists()
+        && std::process::Command::new("ip").arg("-V").output().is_ok()
+        && std::fs::read_to_string("/proc/self/status")
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
+            .unwrap_or(false);
+    if !can_net {
+        eprintln!("skipped: needs root, /dev/net/tun and iproute2 to make a TAP in a namespace");
+        return;
+    }
+    let img = image::build(&BuildOptions::default(), &mut |_| {}).expect("default guest image");
+    let ns = Netns(format!("wirt-test-{}", std::process::id()));
+    ip(&["netns", "add", &ns.0]);
+    let in_ns = |args: &[&str]| {
+        let mut a = vec!["netns", "exec", &ns.0, "ip"];
+        a.extend_from_slice(args);
+        ip(&a);
+    };
+    in_ns(&["tuntap", "add", "dev", "wt0", "mode", "tap", "vnet_hdr"]);
+    in_ns(&["addr", "add", "10.77.0.1/24", "dev", "wt0"]);
+    in_ns(&["link", "set", "wt0", "up"]);
+    let script = "ip link set eth0 up; ip addr add 10.77.0.2/24 dev eth0\n\
+                  ping -c 2 -W 5 10.77.0.1 >/dev/null && echo ping-ok\n";
+    let cmdline = cmdline_with_script(DEFAULT_CMDLINE, script).expect("cmdline");
+    let initrd = img.initrd.to_string_lossy().into_owned();
+    let kernel = img.kernel.to_string_lossy().into_owned();
+    let wirt = env!("CARGO_BIN_EXE_wirt");
+    let args = [
+        "netns",
+        "exec",
+        &ns.0,
+        wirt,
+        "run",
+        "--engine",
+        "sw",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--cmdline",
+        &cmdline,
+        "--net",
+        "tap=wt0",
+    ];
+    // coreutils' timeout bounds the run: a hang fails the test instead of blocking CI.
+    let limit = LIMIT.as_secs().to_string();
+    let out = std::process::Command::new("timeout")
+        .arg(&limit)
+        .arg("ip")
+        .args(args)
+        .output()
+        .expect("run wirt in the namespace");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let script_out = image::cmdline::script_output(&stdout).expect("script output");
+    assert!(script_out.contains("ping-ok"), "{stdout}");
+}
