@@ -254,14 +254,7 @@ impl RunningVm {
                 }
             }
         };
-        self.gate.release();
-        for t in std::mem::take(&mut self.threads) {
-            while !t.handle.is_finished() {
-                t.kicker.kick();
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let _ = t.handle.join();
-        }
+        self.stop_threads();
         drop(self.console.take()); // restores the terminal before anything else is printed
         RunReport {
             reason,
@@ -271,9 +264,33 @@ impl RunningVm {
         }
     }
 
+    /// Lets every vCPU thread leave its loop (the outcome must be decided) and joins it.
+    fn stop_threads(&mut self) {
+        self.gate.release();
+        for t in std::mem::take(&mut self.threads) {
+            while !t.handle.is_finished() {
+                t.kicker.kick();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = t.handle.join();
+        }
+    }
+
     fn kick_all(&self) {
         for t in &self.threads {
             t.kicker.kick();
+        }
+    }
+}
+
+/// A VM dropped without [`RunningVm::wait`] (an error path in the caller) is stopped, so
+/// no vCPU thread outlives its handle.
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.outcome
+                .report(StopReason::Failed("the VM handle was dropped".into()));
+            self.stop_threads();
         }
     }
 }
