@@ -29,6 +29,7 @@ const CONFIG_LEN: usize = 16;
 
 /// Balloon options.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BalloonConfig {
     /// Let the guest deflate on its own when it runs out of memory.
     pub deflate_on_oom: bool,

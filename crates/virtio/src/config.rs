@@ -84,6 +84,7 @@ impl fmt::Display for DiskFormat {
 
 /// A virtio-blk disk: `path=IMG[,readonly=on][,serial=ID][,format=raw]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     pub path: PathBuf,
     #[serde(default)]
@@ -190,6 +191,7 @@ impl fmt::Display for MacAddr {
 
 /// A virtio-net device on a TAP interface: `tap=NAME[,mac=52:54:00:..]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetConfig {
     pub tap: String,
     #[serde(default)]
@@ -232,6 +234,7 @@ impl FromStr for NetConfig {
 
 /// A virtio-vsock device: `cid=3,socket=PATH` (host side: a Unix socket).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     pub cid: u32,
     pub socket: PathBuf,
@@ -282,6 +285,16 @@ impl FromStr for VsockConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_json_keys_are_rejected() {
+        assert!(serde_json::from_str::<DiskConfig>(r#"{"path":"/d","colour":1}"#).is_err());
+        assert!(serde_json::from_str::<NetConfig>(r#"{"tap":"t0","speed":9}"#).is_err());
+        assert!(serde_json::from_str::<VsockConfig>(r#"{"cid":3,"socket":"/s","x":0}"#).is_err());
+        assert!(serde_json::from_str::<DiskConfig>(r#"{"path":"/d"}"#).is_ok());
+        let balloon = r#"{"deflate_on_oom":true,"free_page_reporting":false,"hinting":true}"#;
+        assert!(serde_json::from_str::<crate::balloon::BalloonConfig>(balloon).is_err());
+    }
 
     #[test]
     fn disk_syntax() {

@@ -119,8 +119,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 }
 
 /// `--balloon [deflate-on-oom=on,free-page-reporting=on]`.
-#[derive(Clone, Debug)]
-pub struct BalloonSpec(BalloonConfig, Option<MemorySize>);
+#[derive(Clone, Debug, PartialEq)]
+pub struct BalloonSpec(pub(crate) BalloonConfig, pub(crate) Option<MemorySize>);
 
 impl std::str::FromStr for BalloonSpec {
     type Err = String;

@@ -14,7 +14,9 @@ use anyhow::Context;
 use api::client::{Client, ClientError};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use vmm::config::{BalloonConfig, DiskConfig, EngineChoice, MemorySize, NetConfig, VsockConfig};
+
+use crate::run::BalloonSpec;
+use vmm::config::{DiskConfig, EngineChoice, MemorySize, NetConfig, VsockConfig};
 
 #[derive(Args, Debug)]
 pub struct VmArgs {
@@ -94,46 +96,10 @@ struct CreateArgs {
     /// A virtio-balloon device; options: deflate-on-oom=on, free-page-reporting=on,
     /// target=SIZE.
     #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
-    balloon: Option<BalloonArg>,
+    balloon: Option<BalloonSpec>,
     /// Start the VM once it is defined.
     #[arg(long)]
     start: bool,
-}
-
-/// `--balloon [deflate-on-oom=on,free-page-reporting=on,target=SIZE]`, as `wirt run` takes
-/// it (`run::BalloonSpec` has the same syntax but keeps its parts private to `run`).
-#[derive(Clone, Debug, PartialEq)]
-struct BalloonArg(BalloonConfig, Option<MemorySize>);
-
-impl std::str::FromStr for BalloonArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut cfg = BalloonConfig::default();
-        let mut target = None;
-        for part in s.split(',').filter(|p| !p.is_empty()) {
-            let (key, value) = part.split_once('=').unwrap_or((part, "on"));
-            if key == "target" {
-                target = Some(value.parse::<MemorySize>().map_err(|e| e.to_string())?);
-                continue;
-            }
-            let on = match value {
-                "on" | "true" | "1" => true,
-                "off" | "false" | "0" => false,
-                _ => return Err(format!("{key}={value}: use on or off")),
-            };
-            match key {
-                "deflate-on-oom" => cfg.deflate_on_oom = on,
-                "free-page-reporting" => cfg.free_page_reporting = on,
-                _ => {
-                    return Err(format!(
-                        "unknown balloon option {key:?}: use deflate-on-oom, free-page-reporting \
-                         or target"
-                    ))
-                }
-            }
-        }
-        Ok(BalloonArg(cfg, target))
-    }
 }
 
 /// Exit status for an API error (see the module docs).
@@ -226,7 +192,7 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
             if let Some(v) = a.vsock {
                 spec["vsock"] = json!(v);
             }
-            if let Some(BalloonArg(cfg, target)) = a.balloon {
+            if let Some(BalloonSpec(cfg, target)) = a.balloon {
                 spec["balloon"] = json!(cfg);
                 if let Some(t) = target {
                     spec["balloon_target"] = json!(t.0);
@@ -465,6 +431,7 @@ fn info_table(v: &Value) -> String {
 mod tests {
     use super::*;
     use clap::Parser;
+    use vmm::config::BalloonConfig;
 
     #[derive(Parser)]
     struct Cli {
@@ -498,19 +465,19 @@ mod tests {
         assert_eq!(a.net[0].tap, "tap0");
         assert_eq!(a.vsock.map(|v| v.cid), Some(3));
         assert!(a.rng);
-        assert_eq!(a.balloon, Some(BalloonArg(BalloonConfig::default(), None)));
+        assert_eq!(a.balloon, Some(BalloonSpec(BalloonConfig::default(), None)));
         assert!(Cli::try_parse_from(["wirt", "create", "a", "--disk", "readonly=on"]).is_err());
     }
 
     #[test]
     fn balloon_options_parse() {
-        let b: BalloonArg = "deflate-on-oom=on,free-page-reporting,target=64M"
+        let b: BalloonSpec = "deflate-on-oom=on,free-page-reporting,target=64M"
             .parse()
             .unwrap();
         assert!(b.0.deflate_on_oom && b.0.free_page_reporting);
         assert_eq!(b.1, Some(MemorySize(64 << 20)));
-        assert!("inflate=on".parse::<BalloonArg>().is_err());
-        assert!("target=lots".parse::<BalloonArg>().is_err());
-        assert!("deflate-on-oom=maybe".parse::<BalloonArg>().is_err());
+        assert!("inflate=on".parse::<BalloonSpec>().is_err());
+        assert!("target=lots".parse::<BalloonSpec>().is_err());
+        assert!("deflate-on-oom=maybe".parse::<BalloonSpec>().is_err());
     }
 }
