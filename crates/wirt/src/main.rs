@@ -25,7 +25,8 @@ enum Command {
     /// Without --kernel, boots the default guest (built first if it is not cached).
     /// Press Ctrl-A x to quit. Exit status: 0 when the guest powers off, (V << 1) | 1 when
     /// it writes V to the debug-exit port 0xf4, 2 on a guest reset, 4 on a triple fault,
-    /// 6 when the engine cannot execute the guest, 1 on a usage or setup error.
+    /// 6 when the engine cannot execute the guest, 8 when wirt fails while the VM runs,
+    /// 1 on a usage or setup error.
     Run(run::RunArgs),
     /// Build and manage the default guest image.
     #[command(subcommand)]
