@@ -2,6 +2,7 @@
 //! non-zero status (never a panic trace), and leaves the work to the `vmm` and `image`
 //! crates.
 
+mod device_args;
 mod image_cmd;
 mod run;
 mod serve_cmd;

@@ -2,12 +2,10 @@
 
 use std::path::PathBuf;
 
+use crate::device_args::DeviceArgs;
 use anyhow::Context;
 use clap::Args;
-use vmm::config::{
-    BalloonConfig, DiskConfig, EngineChoice, MemorySize, NetConfig, SerialConfig, VmConfig,
-    VsockConfig,
-};
+use vmm::config::{BalloonConfig, EngineChoice, MemorySize, SerialConfig, VmConfig};
 use vmm::outcome::StopReason;
 use vmm::RunOptions;
 
@@ -35,24 +33,8 @@ pub struct RunArgs {
     /// Serial console backend: stdio, null, file:PATH or socket:PATH.
     #[arg(long, default_value = "stdio", value_name = "BACKEND")]
     serial: SerialConfig,
-    /// A virtio-blk disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID].
-    /// Repeat for more disks (/dev/vda, /dev/vdb, ...).
-    #[arg(long, value_name = "SPEC")]
-    disk: Vec<DiskConfig>,
-    /// A virtio-net interface on a TAP device: tap=NAME[,mac=52:54:00:12:34:56]
-    /// (the TAP is created if missing; needs CAP_NET_ADMIN).
-    #[arg(long, value_name = "SPEC")]
-    net: Vec<NetConfig>,
-    /// A virtio-vsock device: cid=N,socket=PATH (host side: Firecracker-style Unix socket).
-    #[arg(long, value_name = "SPEC")]
-    vsock: Option<VsockConfig>,
-    /// A virtio-rng device (the guest's /dev/hwrng, fed by the host's getrandom).
-    #[arg(long)]
-    rng: bool,
-    /// A virtio-balloon device; options: deflate-on-oom=on, free-page-reporting=on, and
-    /// target=SIZE (memory the balloon takes from the guest at start, e.g. target=64M).
-    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
-    balloon: Option<BalloonSpec>,
+    #[command(flatten)]
+    devices: DeviceArgs,
     /// Print VM exits by reason (and instructions executed) when the VM ends.
     #[arg(long)]
     stats: bool,
@@ -89,12 +71,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         memory: args.memory,
         engine: args.engine,
         serial: args.serial,
-        disks: args.disk,
-        nets: args.net,
-        vsock: args.vsock,
-        rng: args.rng,
-        balloon_target: args.balloon.as_ref().and_then(|b| b.1),
-        balloon: args.balloon.map(|b| b.0),
+        disks: args.devices.disk,
+        nets: args.devices.net,
+        vsock: args.devices.vsock,
+        rng: args.devices.rng,
+        balloon_target: args.devices.balloon.as_ref().and_then(|b| b.1),
+        balloon: args.devices.balloon.map(|b| b.0),
     };
     config.validate()?;
     let opts = RunOptions {

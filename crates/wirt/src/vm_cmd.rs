@@ -15,8 +15,9 @@ use api::client::{Client, ClientError};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use crate::device_args::DeviceArgs;
 use crate::run::BalloonSpec;
-use vmm::config::{DiskConfig, EngineChoice, MemorySize, NetConfig, VsockConfig};
+use vmm::config::{EngineChoice, MemorySize};
 
 #[derive(Args, Debug)]
 pub struct VmArgs {
@@ -80,23 +81,9 @@ struct CreateArgs {
     memory: MemorySize,
     #[arg(long, default_value = "auto", value_name = "ENGINE")]
     engine: EngineChoice,
-    /// A virtio-blk disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID] (a path on
-    /// the daemon's host). Repeat for more disks.
-    #[arg(long, value_name = "SPEC")]
-    disk: Vec<DiskConfig>,
-    /// A virtio-net interface on a TAP device: tap=NAME[,mac=52:54:00:12:34:56].
-    #[arg(long, value_name = "SPEC")]
-    net: Vec<NetConfig>,
-    /// A virtio-vsock device: cid=N,socket=PATH.
-    #[arg(long, value_name = "SPEC")]
-    vsock: Option<VsockConfig>,
-    /// A virtio-rng device.
-    #[arg(long)]
-    rng: bool,
-    /// A virtio-balloon device; options: deflate-on-oom=on, free-page-reporting=on,
-    /// target=SIZE.
-    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
-    balloon: Option<BalloonSpec>,
+    /// Device paths (disk images, sockets) are paths on the daemon's host.
+    #[command(flatten)]
+    devices: DeviceArgs,
     /// Start the VM once it is defined.
     #[arg(long)]
     start: bool,
@@ -183,16 +170,16 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
             };
             let mut spec = json!({
                 "name": a.name, "kernel": kernel, "cmdline": cmdline, "cpus": a.cpus,
-                "memory": a.memory.0, "engine": a.engine, "disks": a.disk, "nets": a.net,
-                "rng": a.rng,
+                "memory": a.memory.0, "engine": a.engine, "disks": a.devices.disk, "nets": a.devices.net,
+                "rng": a.devices.rng,
             });
             if let Some(i) = initrd {
                 spec["initrd"] = json!(i);
             }
-            if let Some(v) = a.vsock {
+            if let Some(v) = a.devices.vsock {
                 spec["vsock"] = json!(v);
             }
-            if let Some(BalloonSpec(cfg, target)) = a.balloon {
+            if let Some(BalloonSpec(cfg, target)) = a.devices.balloon {
                 spec["balloon"] = json!(cfg);
                 if let Some(t) = target {
                     spec["balloon_target"] = json!(t.0);
@@ -460,12 +447,15 @@ mod tests {
         let VmCommand::Create(a) = cli.vm.command else {
             panic!("not create");
         };
-        assert_eq!(a.disk.len(), 2);
-        assert!(a.disk[0].readonly);
-        assert_eq!(a.net[0].tap, "tap0");
-        assert_eq!(a.vsock.map(|v| v.cid), Some(3));
-        assert!(a.rng);
-        assert_eq!(a.balloon, Some(BalloonSpec(BalloonConfig::default(), None)));
+        assert_eq!(a.devices.disk.len(), 2);
+        assert!(a.devices.disk[0].readonly);
+        assert_eq!(a.devices.net[0].tap, "tap0");
+        assert_eq!(a.devices.vsock.map(|v| v.cid), Some(3));
+        assert!(a.devices.rng);
+        assert_eq!(
+            a.devices.balloon,
+            Some(BalloonSpec(BalloonConfig::default(), None))
+        );
         assert!(Cli::try_parse_from(["wirt", "create", "a", "--disk", "readonly=on"]).is_err());
     }
 
