@@ -284,7 +284,8 @@ pub fn fadt(dsdt_addr: u64, facs_addr: u64) -> acpi_tables::fadt::FADT {
         .firmware_ctrl_64(facs_addr)
         .flag(Flags::Wbinvd)
         .flag(Flags::ProcC1)
-        .flag(Flags::PwrButton)
+        // PWR_BUTTON stays clear: a fixed-feature power button exists (PM1 PWRBTN_STS/EN),
+        // which is how the VMM asks the guest to shut down. There is no sleep button.
         .flag(Flags::SlpButton)
         .flag(Flags::TmrValExt)
         .flag(Flags::ResetRegSup);
