@@ -204,7 +204,10 @@ fn two_default_guest_vms_boot_pause_resume_and_stop() {
     let (status, v) = d.vm(&["stop", "linux-a", "--timeout", "120"]);
     assert_eq!(status, 0, "a graceful stop, not a kill: {v}");
     assert_eq!(v["state"], "stopped", "{v}");
-    assert!(v["reason"].as_str().unwrap_or("").contains("powered off"), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap_or("").contains("powered off"),
+        "{v}"
+    );
     let v = d.vm_ok(&["kill", "linux-b"]);
     assert_eq!(v["state"], "stopped", "{v}");
     for name in ["linux-a", "linux-b"] {

@@ -81,7 +81,11 @@ fn fadt_describes_the_legacy_pm_devices() {
     assert_eq!(flags & (1 << 20), 0, "not hardware-reduced");
     assert_ne!(flags & (1 << 10), 0, "reset register supported");
     assert_ne!(flags & (1 << 8), 0, "32-bit PM timer");
-    assert_eq!(flags & (1 << 4), 0, "a fixed-feature power button is present");
+    assert_eq!(
+        flags & (1 << 4),
+        0,
+        "a fixed-feature power button is present"
+    );
     // RESET_REG: system I/O, 8 bits, port 0xcf9; value 6.
     assert_eq!((f[116], f[117]), (1, 8));
     assert_eq!(u64_at(&f, 120), u64::from(RESET_CONTROL));
