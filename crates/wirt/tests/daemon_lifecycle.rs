@@ -174,7 +174,7 @@ fn guest_exits_vmm_crashes_and_daemon_crashes_are_handled() {
 }
 
 #[test]
-fn two_default_guest_vms_boot_pause_resume_and_stop() {
+fn two_default_guest_vms_boot_pause_resume_and_power_off_on_stop() {
     // The default guest (Debian kernel + busybox), built into the cache if missing.
     image::build(&image::BuildOptions::default(), &mut |_| {}).expect("default guest image");
     let dir = temp_dir("default-guest");
@@ -201,15 +201,15 @@ fn two_default_guest_vms_boot_pause_resume_and_stop() {
     // An idle guest still takes timer interrupts: its counters keep growing.
     d.wait_for("linux-a", "running after resume", |v| instructions(v) > p1);
     // `stop` presses the ACPI power button; the default guest powers off by itself.
-    let (status, v) = d.vm(&["stop", "linux-a", "--timeout", "120"]);
-    assert_eq!(status, 0, "a graceful stop, not a kill: {v}");
-    assert_eq!(v["state"], "stopped", "{v}");
-    assert!(
-        v["reason"].as_str().unwrap_or("").contains("powered off"),
-        "{v}"
-    );
-    let v = d.vm_ok(&["kill", "linux-b"]);
-    assert_eq!(v["state"], "stopped", "{v}");
+    for name in ["linux-a", "linux-b"] {
+        let (status, v) = d.vm(&["stop", name, "--timeout", "120"]);
+        assert_eq!(status, 0, "a graceful stop, not a kill: {v}");
+        assert_eq!(v["state"], "stopped", "{v}");
+        assert!(
+            v["reason"].as_str().unwrap_or("").contains("powered off"),
+            "{v}"
+        );
+    }
     for name in ["linux-a", "linux-b"] {
         assert_eq!(d.vm_ok(&["rm", name])["deleted"], name);
     }
