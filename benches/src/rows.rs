@@ -69,26 +69,17 @@ impl Setup {
         c
     }
 
+    /// The same QEMU command the image's own test uses, with `accel`.
     fn qemu_cmd(&self, accel: &str, cmdline: &str) -> Option<Command> {
-        let mut c = Command::new(self.qemu.as_ref()?);
-        c.args(["-M", "pc", "-accel", accel, "-cpu", "max", "-smp", "1"])
-            .args([
-                "-nodefaults",
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-no-reboot",
-            ])
-            .arg("-m")
-            .arg(self.memory_mib.to_string())
-            .arg("-kernel")
-            .arg(&self.image.kernel)
-            .arg("-initrd")
-            .arg(&self.image.initrd)
-            .arg("-append")
-            .arg(cmdline);
-        Some(c)
+        self.qemu.as_ref()?;
+        let mib = u32::try_from(self.memory_mib).ok()?;
+        Some(image::qemu::reference_command_on(
+            accel,
+            &self.image.kernel,
+            &self.image.initrd,
+            cmdline,
+            mib,
+        ))
     }
 }
 

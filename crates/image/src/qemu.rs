@@ -27,9 +27,20 @@ pub fn qemu_available() -> bool {
 /// `memory_mib` of RAM, the serial console on stdin/stdout, and exits when the guest
 /// powers off (or resets: `-no-reboot`).
 pub fn reference_command(kernel: &Path, initrd: &Path, cmdline: &str, memory_mib: u32) -> Command {
+    reference_command_on("tcg", kernel, initrd, cmdline, memory_mib)
+}
+
+/// [`reference_command`] with the accelerator `accel` ("tcg" or "kvm").
+pub fn reference_command_on(
+    accel: &str,
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    memory_mib: u32,
+) -> Command {
     let mut command = Command::new(QEMU);
     command
-        .args(["-M", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "1"])
+        .args(["-M", "pc", "-accel", accel, "-cpu", "max", "-smp", "1"])
         .args(["-m", &memory_mib.to_string()])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-serial", "stdio", "-no-reboot"])

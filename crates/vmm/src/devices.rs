@@ -3,6 +3,7 @@
 //! describe), and is the [`IoHandler`] both engines dispatch guest I/O to.
 
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,7 +106,7 @@ impl DeviceManager {
             bytes = &bytes[n..];
             if !bytes.is_empty() {
                 wait_readable(
-                    self.serial.input_room_fd().as_raw_fd_int(),
+                    self.serial.input_room_fd().as_raw_fd(),
                     Duration::from_millis(50),
                 );
                 let _ = self.serial.input_room_fd().read();
@@ -124,17 +125,6 @@ fn wait_readable(fd: i32, timeout: Duration) {
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
     // SAFETY: one valid pollfd, count 1; poll only writes `revents`.
     unsafe { libc::poll(&mut p, 1, ms) };
-}
-
-trait AsRawFdInt {
-    fn as_raw_fd_int(&self) -> i32;
-}
-
-impl AsRawFdInt for vmm_sys_util::eventfd::EventFd {
-    fn as_raw_fd_int(&self) -> i32 {
-        use std::os::fd::AsRawFd;
-        self.as_raw_fd()
-    }
 }
 
 impl IoHandler for DeviceManager {

@@ -21,8 +21,6 @@ pub use vm::{run_vm, RunReport, RunningVm, VmState};
 /// How `run_vm` reports progress.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RunOptions {
-    /// Collect and return exit statistics (always collected; printed by the caller).
-    pub stats: bool,
     /// Print the engine chosen and when the guest became ready.
     pub verbose: bool,
     /// Hold console input until the guest's first boot-timer write: the default guest's

@@ -2,10 +2,10 @@
 //! non-zero status (never a panic trace), and leaves the work to the `vmm` and `image`
 //! crates.
 
-mod device_args;
 mod image_cmd;
 mod run;
 mod serve_cmd;
+mod vm_args;
 mod vm_cmd;
 mod vmm_cmd;
 

@@ -1,35 +1,15 @@
 //! `wirt run`: flags → [`vmm::config::VmConfig`] → a running VM → an exit status.
 
-use std::path::PathBuf;
-
-use crate::device_args::DeviceArgs;
-use anyhow::Context;
+use crate::vm_args::{DeviceArgs, Guest, MachineArgs};
 use clap::Args;
-use vmm::config::{BalloonConfig, EngineChoice, MemorySize, SerialConfig, VmConfig};
+use vmm::config::{BalloonConfig, MemorySize, SerialConfig, VmConfig};
 use vmm::outcome::StopReason;
 use vmm::RunOptions;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Kernel to boot: ELF vmlinux (64-bit or PVH entry), bzImage or Multiboot v1.
-    /// Default: the default guest's kernel (built into the cache if missing).
-    #[arg(long, value_name = "PATH")]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk (Linux) or first module (Multiboot).
-    #[arg(long, value_name = "PATH")]
-    initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, value_name = "STR")]
-    cmdline: Option<String>,
-    /// Number of vCPUs (1-64).
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    cpus: u8,
-    /// Guest RAM, e.g. 512M or 2G.
-    #[arg(long, default_value = "512M", value_name = "SIZE")]
-    memory: MemorySize,
-    /// Execution engine: auto (KVM when it can run the guest, else sw), kvm or sw.
-    #[arg(long, default_value = "auto", value_name = "ENGINE")]
-    engine: EngineChoice,
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Serial console backend: stdio, null, file:PATH or socket:PATH.
     #[arg(long, default_value = "stdio", value_name = "BACKEND")]
     serial: SerialConfig,
@@ -47,29 +27,28 @@ pub struct RunArgs {
 const CTRL_D: u8 = 0x04;
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let default_guest = args.kernel.is_none();
-    let (kernel, initrd, cmdline) = match args.kernel {
-        Some(k) => (k, args.initrd, args.cmdline.unwrap_or_default()),
-        None => {
-            let img = crate::image_cmd::ensure_default(args.verbose)
-                .context("cannot prepare the default guest image")?;
-            let mut cmdline = args.cmdline.unwrap_or(img.cmdline);
-            if !vmm::terminal::is_tty(libc::STDIN_FILENO) && args.serial == SerialConfig::Stdio {
-                // A script is piped in: the guest's shell reads it without prompt or echo
-                // and powers off when it ends (Ctrl-D is sent at end of input).
-                cmdline.push(' ');
-                cmdline.push_str(image::cmdline::BATCH_CONSOLE);
-            }
-            (img.kernel, args.initrd.or(Some(img.initrd)), cmdline)
-        }
-    };
+    let default_guest = args.machine.kernel.is_none();
+    let Guest {
+        kernel,
+        initrd,
+        mut cmdline,
+    } = args.machine.guest(args.verbose)?;
+    if default_guest
+        && !vmm::terminal::is_tty(libc::STDIN_FILENO)
+        && args.serial == SerialConfig::Stdio
+    {
+        // A script is piped in: the guest's shell reads it without prompt or echo and
+        // powers off when it ends (Ctrl-D is sent at end of input).
+        cmdline.push(' ');
+        cmdline.push_str(image::cmdline::BATCH_CONSOLE);
+    }
     let config = VmConfig {
         kernel,
         initrd,
         cmdline,
-        cpus: args.cpus,
-        memory: args.memory,
-        engine: args.engine,
+        cpus: args.machine.cpus,
+        memory: args.machine.memory,
+        engine: args.machine.engine,
         serial: args.serial,
         disks: args.devices.disk,
         nets: args.devices.net,
@@ -80,7 +59,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     config.validate()?;
     let opts = RunOptions {
-        stats: args.stats,
         verbose: args.verbose,
         hold_input_until_ready: default_guest,
         eof_byte: default_guest.then_some(CTRL_D),

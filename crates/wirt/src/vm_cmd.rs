@@ -15,9 +15,9 @@ use api::client::{Client, ClientError};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::device_args::DeviceArgs;
 use crate::run::BalloonSpec;
-use vmm::config::{EngineChoice, MemorySize};
+use crate::vm_args::{DeviceArgs, Guest, MachineArgs};
+use vmm::config::MemorySize;
 
 #[derive(Args, Debug)]
 pub struct VmArgs {
@@ -68,19 +68,8 @@ enum VmCommand {
 #[derive(Args, Debug)]
 struct CreateArgs {
     name: String,
-    /// Kernel to boot (default: the default guest's kernel, built if missing).
-    #[arg(long, value_name = "PATH")]
-    kernel: Option<PathBuf>,
-    #[arg(long, value_name = "PATH")]
-    initrd: Option<PathBuf>,
-    #[arg(long, value_name = "STR")]
-    cmdline: Option<String>,
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    cpus: u8,
-    #[arg(long, default_value = "512M", value_name = "SIZE")]
-    memory: MemorySize,
-    #[arg(long, default_value = "auto", value_name = "ENGINE")]
-    engine: EngineChoice,
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Device paths (disk images, sockets) are paths on the daemon's host.
     #[command(flatten)]
     devices: DeviceArgs,
@@ -159,18 +148,14 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
     };
     match args.command {
         VmCommand::Create(a) => {
-            let (kernel, initrd, cmdline) = match a.kernel {
-                Some(k) => (k, a.initrd, a.cmdline.unwrap_or_default()),
-                None => {
-                    let img = crate::image_cmd::ensure_default(false)
-                        .context("cannot prepare the default guest image")?;
-                    let cmdline = a.cmdline.unwrap_or(img.cmdline);
-                    (img.kernel, a.initrd.or(Some(img.initrd)), cmdline)
-                }
-            };
+            let Guest {
+                kernel,
+                initrd,
+                cmdline,
+            } = a.machine.guest(false)?;
             let mut spec = json!({
-                "name": a.name, "kernel": kernel, "cmdline": cmdline, "cpus": a.cpus,
-                "memory": a.memory.0, "engine": a.engine, "disks": a.devices.disk, "nets": a.devices.net,
+                "name": a.name, "kernel": kernel, "cmdline": cmdline, "cpus": a.machine.cpus,
+                "memory": a.machine.memory.0, "engine": a.machine.engine, "disks": a.devices.disk, "nets": a.devices.net,
                 "rng": a.devices.rng,
             });
             if let Some(i) = initrd {

@@ -1,0 +1,85 @@
+//! The flags `wirt run` and `wirt vm create` share: the machine (kernel, vCPUs, memory,
+//! engine) and its virtio devices.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use vmm::config::{DiskConfig, EngineChoice, MemorySize, NetConfig, VsockConfig};
+
+use crate::run::BalloonSpec;
+
+#[derive(Args, Debug)]
+pub struct MachineArgs {
+    /// Kernel to boot: ELF vmlinux (64-bit or PVH entry), bzImage or Multiboot v1.
+    /// Default: the default guest's kernel (built into the cache if missing).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Initial ramdisk (Linux) or first module (Multiboot).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs (1-64).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u8,
+    /// Guest RAM, e.g. 512M or 2G.
+    #[arg(long, default_value = "512M", value_name = "SIZE")]
+    pub memory: MemorySize,
+    /// Execution engine: auto (KVM when it can run the guest, else sw), kvm or sw.
+    #[arg(long, default_value = "auto", value_name = "ENGINE")]
+    pub engine: EngineChoice,
+}
+
+/// Kernel, initrd and command line to boot.
+pub struct Guest {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+impl MachineArgs {
+    /// The guest these flags name: the given kernel, or the default guest (found in the
+    /// cache or built first), whose initrd and command line fill what was not given.
+    pub fn guest(&self, verbose: bool) -> anyhow::Result<Guest> {
+        match &self.kernel {
+            Some(k) => Ok(Guest {
+                kernel: k.clone(),
+                initrd: self.initrd.clone(),
+                cmdline: self.cmdline.clone().unwrap_or_default(),
+            }),
+            None => {
+                let img = crate::image_cmd::ensure_default(verbose)
+                    .context("cannot prepare the default guest image")?;
+                Ok(Guest {
+                    kernel: img.kernel,
+                    initrd: self.initrd.clone().or(Some(img.initrd)),
+                    cmdline: self.cmdline.clone().unwrap_or(img.cmdline),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Args, Debug, Default)]
+pub struct DeviceArgs {
+    /// A virtio-blk disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID].
+    /// Repeat for more disks (/dev/vda, /dev/vdb, ...).
+    #[arg(long, value_name = "SPEC")]
+    pub disk: Vec<DiskConfig>,
+    /// A virtio-net interface on a TAP device: tap=NAME[,mac=52:54:00:12:34:56]
+    /// (the TAP is created if missing; needs CAP_NET_ADMIN).
+    #[arg(long, value_name = "SPEC")]
+    pub net: Vec<NetConfig>,
+    /// A virtio-vsock device: cid=N,socket=PATH (host side: Firecracker-style Unix socket).
+    #[arg(long, value_name = "SPEC")]
+    pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device (the guest's /dev/hwrng, fed by the host's getrandom).
+    #[arg(long)]
+    pub rng: bool,
+    /// A virtio-balloon device; options: deflate-on-oom=on, free-page-reporting=on, and
+    /// target=SIZE (memory the balloon takes from the guest at start, e.g. target=64M).
+    #[arg(long, value_name = "SPEC", num_args = 0..=1, default_missing_value = "")]
+    pub balloon: Option<BalloonSpec>,
+}
