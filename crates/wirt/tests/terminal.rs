@@ -6,7 +6,9 @@ use std::process::Command;
 
 use test_guests::path;
 
-/// Runs `shell` inside a fresh pseudo-terminal and returns the `stty -g` lines it printed.
+/// Runs `shell` inside a fresh pseudo-terminal and returns the lines it printed that are
+/// `stty -g` states or `status=` reports. Anything else (a shell's own "Terminated" job
+/// report, which depends on which shell `script` starts) is left out.
 fn in_pty(shell: &str) -> Option<Vec<String>> {
     let out = match Command::new("script")
         .args(["-qec", shell, "/dev/null"])
@@ -19,7 +21,20 @@ fn in_pty(shell: &str) -> Option<Vec<String>> {
         }
     };
     let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    Some(text.lines().map(str::to_string).collect())
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("status=") || is_stty_state(l))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// `stty -g` prints colon-separated hexadecimal fields and nothing else.
+fn is_stty_state(line: &str) -> bool {
+    line.split(':').count() > 4
+        && line
+            .split(':')
+            .all(|f| !f.is_empty() && f.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[test]
