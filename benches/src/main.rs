@@ -5,9 +5,12 @@
 //! Rows that cannot run here (KVM on a PVM host, rows whose feature has not landed) are
 //! printed with the reason instead of a figure. Nothing here asserts on timing.
 
+mod blk;
+mod fleet;
 mod measure;
 mod report;
 mod rows;
+mod start_rate;
 
 use std::path::PathBuf;
 
@@ -44,17 +47,20 @@ fn main() {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     let setup = rows::Setup::new(args)?;
+    let load_at_start = report::Machine::describe().load;
     let mut results = Vec::new();
     for row in rows::ALL {
         if !args.only.is_empty() && !args.only.iter().any(|o| o == row.name) {
             continue;
         }
         eprintln!("wirt-bench: {} ...", row.title);
-        let r = (row.run)(&setup);
-        eprintln!("wirt-bench:   {}", r.summary());
-        results.push(r);
+        for r in (row.run)(&setup) {
+            eprintln!("wirt-bench:   {}: {}", r.name, r.summary());
+            results.push(r);
+        }
     }
-    let machine = report::Machine::describe();
+    let mut machine = report::Machine::describe();
+    machine.load = format!("{load_at_start} at start, {} at end", machine.load);
     println!("{}", report::markdown(&machine, &results));
     report::write_json(&args.json, &machine, &results)?;
     eprintln!("wirt-bench: wrote {}", args.json.display());

@@ -26,6 +26,18 @@ pub struct VmRun {
     /// Process RSS minus the guest-RAM mapping's RSS, sampled idle after ready (KiB).
     pub overhead_kib: Option<u64>,
     pub console: String,
+    /// Every console line with its arrival time since spawn (for in-guest phase markers).
+    pub lines: Vec<(Duration, String)>,
+}
+
+impl VmRun {
+    /// Arrival time of the first console line that is exactly `text` (trailing CR ignored).
+    pub fn line_at(&self, text: &str) -> Option<Duration> {
+        self.lines
+            .iter()
+            .find(|(_, l)| l.trim_end_matches('\r') == text)
+            .map(|(at, _)| *at)
+    }
 }
 
 /// Spawns `cmd`, reads its stdout line by line with arrival times, and stops as asked.
@@ -63,6 +75,7 @@ pub fn run_vm(
             };
             run.console.push_str(&line);
             run.console.push('\n');
+            run.lines.push((at - start, line.clone()));
             if run.ready.is_none() && line.contains(image::READY_MARKER) {
                 run.ready = Some(at - start);
                 if let Some(mib) = sample_memory_of_mib {

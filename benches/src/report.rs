@@ -57,6 +57,9 @@ pub struct Machine {
     pub kernel: String,
     pub kvm: String,
     pub date: String,
+    /// /proc/loadavg's 1, 5 and 15-minute averages when the table was printed (the machine
+    /// may be shared: read the figures in that light).
+    pub load: String,
 }
 
 impl Machine {
@@ -82,6 +85,9 @@ impl Machine {
             kernel: command_output("uname", &["-r"]),
             kvm: kvm.into(),
             date: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+            load: std::fs::read_to_string("/proc/loadavg")
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
         }
     }
 }
@@ -100,8 +106,8 @@ fn fmt(v: Option<f64>) -> String {
 
 pub fn markdown(m: &Machine, rows: &[RowResult]) -> String {
     let mut s = format!(
-        "{} ({} cores), Linux {}, KVM: {}, {}\n\n",
-        m.cpu, m.cores, m.kernel, m.kvm, m.date
+        "{} ({} cores), Linux {}, KVM: {}, {}, load average {}\n\n",
+        m.cpu, m.cores, m.kernel, m.kvm, m.date, m.load
     );
     s.push_str("| benchmark | unit | wirt | reference | wirt / reference | runs | notes |\n");
     s.push_str("|---|---|---|---|---|---|---|\n");

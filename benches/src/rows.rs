@@ -55,11 +55,12 @@ impl Setup {
         })
     }
 
-    fn wirt_cmd(&self, engine: &str, cmdline: &str) -> Command {
+    /// `wirt run` of the default guest with `cmdline` and `mib` of RAM, console on stdio.
+    pub fn wirt_cmd(&self, engine: &str, cmdline: &str, mib: u64) -> Command {
         let mut c = Command::new(&self.wirt);
         c.args(["run", "--engine", engine, "--serial", "stdio"])
             .arg("--memory")
-            .arg(format!("{}M", self.memory_mib))
+            .arg(format!("{mib}M"))
             .arg("--kernel")
             .arg(&self.image.kernel)
             .arg("--initrd")
@@ -69,10 +70,9 @@ impl Setup {
         c
     }
 
-    /// The same QEMU command the image's own test uses, with `accel`.
-    fn qemu_cmd(&self, accel: &str, cmdline: &str) -> Option<Command> {
+    /// The same QEMU command the image's own test uses, with `accel` and `mib` of RAM.
+    pub fn qemu_cmd(&self, accel: &str, cmdline: &str, mib: u32) -> Option<Command> {
         self.qemu.as_ref()?;
-        let mib = u32::try_from(self.memory_mib).ok()?;
         Some(image::qemu::reference_command_on(
             accel,
             &self.image.kernel,
@@ -80,6 +80,13 @@ impl Setup {
             cmdline,
             mib,
         ))
+    }
+}
+
+impl Setup {
+    /// `--memory-mib` as QEMU's `-m` takes it.
+    pub fn qemu_mib(&self) -> Option<u32> {
+        u32::try_from(self.memory_mib).ok()
     }
 }
 
@@ -94,39 +101,43 @@ fn which(name: &str) -> Option<PathBuf> {
 pub struct Row {
     pub name: &'static str,
     pub title: &'static str,
-    pub run: fn(&Setup) -> RowResult,
+    /// One or more table rows (a row group such as blk gives one per phase).
+    pub run: fn(&Setup) -> Vec<RowResult>,
 }
+
+/// Guest memory of the memory-overhead row (the 128 MiB 1-vCPU idle guest).
+const MEMORY_ROW_MIB: u32 = 128;
 
 pub const ALL: [Row; 6] = [
     Row {
         name: "boot",
         title: "boot to ready marker (sw vs QEMU TCG)",
-        run: boot_sw,
+        run: |s| vec![boot_sw(s)],
     },
     Row {
         name: "boot-kvm",
         title: "boot to ready marker (KVM vs QEMU KVM)",
-        run: boot_kvm,
+        run: |s| vec![boot_kvm(s)],
     },
     Row {
         name: "memory",
         title: "VMM memory overhead, idle at shell",
-        run: memory,
+        run: |s| vec![memory(s)],
     },
     Row {
         name: "throughput",
         title: "CPU-bound workload in the guest (sw vs QEMU TCG)",
-        run: throughput,
+        run: |s| vec![throughput(s)],
     },
     Row {
         name: "blk",
         title: "virtio-blk sequential/random I/O",
-        run: blk,
+        run: crate::blk::rows,
     },
     Row {
         name: "start-rate",
         title: "VM start rate through the daemon",
-        run: start_rate,
+        run: crate::start_rate::rows,
     },
 ];
 
@@ -140,11 +151,11 @@ fn alternate(
     wirt: &dyn Fn() -> Command,
     reference: &dyn Fn() -> Option<Command>,
     stop: StopAt,
-    memory: bool,
+    sample_memory_of_mib: Option<u64>,
     pick: fn(&VmRun) -> Option<f64>,
 ) -> (Vec<f64>, Vec<f64>, Vec<String>) {
     let (mut w, mut r, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    let mem = memory.then_some(s.memory_mib);
+    let mem = sample_memory_of_mib;
     for _ in 0..s.runs {
         match run_vm(wirt(), stop, mem, LIMIT) {
             Ok(run) => w.extend(pick(&run)),
@@ -167,12 +178,25 @@ fn row(
     reference_name: &'static str,
     (w, r, errors): (Vec<f64>, Vec<f64>, Vec<String>),
 ) -> RowResult {
-    let (wm, rm) = (median(&w), median(&r));
     let mut note = String::new();
     if let Some(e) = errors.first() {
         let first_line = e.lines().next().unwrap_or_default();
         note = format!("{} failed run(s), first: {first_line}", errors.len());
     }
+    result(name, title, unit, reference_name, w, r, note)
+}
+
+/// A row from every run's figure for wirt (`w`) and the reference (`r`): medians, ratio.
+pub fn result(
+    name: &'static str,
+    title: &'static str,
+    unit: &'static str,
+    reference_name: &'static str,
+    w: Vec<f64>,
+    r: Vec<f64>,
+    note: String,
+) -> RowResult {
+    let (wm, rm) = (median(&w), median(&r));
     RowResult {
         name,
         title,
@@ -189,10 +213,10 @@ fn row(
 fn boot_sw(s: &Setup) -> RowResult {
     let results = alternate(
         s,
-        &|| s.wirt_cmd("sw", DEFAULT_CMDLINE),
-        &|| s.qemu_cmd("tcg", DEFAULT_CMDLINE),
+        &|| s.wirt_cmd("sw", DEFAULT_CMDLINE, s.memory_mib),
+        &|| s.qemu_cmd("tcg", DEFAULT_CMDLINE, s.qemu_mib()?),
         StopAt::Ready,
-        false,
+        None,
         |r| secs(r.ready),
     );
     row("boot", ALL[0].title, "s", "QEMU TCG", results)
@@ -211,10 +235,10 @@ fn boot_kvm(s: &Setup) -> RowResult {
     }
     let results = alternate(
         s,
-        &|| s.wirt_cmd("kvm", DEFAULT_CMDLINE),
-        &|| s.qemu_cmd("kvm", DEFAULT_CMDLINE),
+        &|| s.wirt_cmd("kvm", DEFAULT_CMDLINE, s.memory_mib),
+        &|| s.qemu_cmd("kvm", DEFAULT_CMDLINE, s.qemu_mib()?),
         StopAt::Ready,
-        false,
+        None,
         |r| secs(r.ready),
     );
     row("boot-kvm", ALL[1].title, "s", "QEMU KVM", results)
@@ -223,15 +247,15 @@ fn boot_kvm(s: &Setup) -> RowResult {
 fn memory(s: &Setup) -> RowResult {
     let results = alternate(
         s,
-        &|| s.wirt_cmd("sw", DEFAULT_CMDLINE),
-        &|| s.qemu_cmd("tcg", DEFAULT_CMDLINE),
+        &|| s.wirt_cmd("sw", DEFAULT_CMDLINE, MEMORY_ROW_MIB.into()),
+        &|| s.qemu_cmd("tcg", DEFAULT_CMDLINE, MEMORY_ROW_MIB),
         StopAt::Ready,
-        true,
+        Some(MEMORY_ROW_MIB.into()),
         |r| r.overhead_kib.map(|k| k as f64 / 1024.0),
     );
     let mut r = row("memory", ALL[2].title, "MiB", "QEMU TCG", results);
     if r.note.is_empty() {
-        r.note = "process RSS minus the guest-RAM mapping's RSS, 1 s after the ready marker".into();
+        r.note = "128 MiB 1-vCPU guest; process RSS minus the guest-RAM mapping's RSS, 1 s after the ready marker".into();
     }
     r
 }
@@ -243,10 +267,10 @@ fn throughput(s: &Setup) -> RowResult {
     };
     let results = alternate(
         s,
-        &|| s.wirt_cmd("sw", &cmdline),
-        &|| s.qemu_cmd("tcg", &cmdline),
+        &|| s.wirt_cmd("sw", &cmdline, s.memory_mib),
+        &|| s.qemu_cmd("tcg", &cmdline, s.qemu_mib()?),
         StopAt::Exit,
-        false,
+        None,
         |r| Some(r.exit_marker?.as_secs_f64() - r.ready?.as_secs_f64()),
     );
     let mut r = row("throughput", ALL[3].title, "s", "QEMU TCG", results);
@@ -277,20 +301,4 @@ fn native_workload_secs() -> Option<f64> {
         times.push(t.elapsed().as_secs_f64());
     }
     median(&times)
-}
-
-fn blk(_s: &Setup) -> RowResult {
-    RowResult::skipped(
-        "blk",
-        ALL[4].title,
-        "not measured yet: the runner has no disk workload (virtio-blk itself works: see crates/wirt/tests/default_guest_sw.rs)",
-    )
-}
-
-fn start_rate(_s: &Setup) -> RowResult {
-    RowResult::skipped(
-        "start-rate",
-        ALL[5].title,
-        "not measured yet: the runner does not drive the daemon yet",
-    )
 }

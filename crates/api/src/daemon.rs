@@ -14,10 +14,13 @@ use vmm::config::{SerialConfig, VmConfig};
 
 use crate::error::ApiError;
 use crate::lifecycle::{check, Op, VmState};
-use crate::model::{valid_name, Event, Stats, VmInfo, VmSpec};
+use crate::model::{valid_name, BalloonTarget, Event, Stats, VmInfo, VmSpec};
 use crate::protocol::{ChildMsg, Request};
 use crate::store::{write_atomic, Store, StoreError};
 use crate::supervisor::{Exit, Launch, SupervisorError, Vmm};
+
+/// The balloon's unit: targets are whole 4 KiB pages.
+const BALLOON_PAGE: u64 = 4096;
 
 /// How long `kill` waits for a VMM to end before it kills the process.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -85,6 +88,8 @@ impl Entry {
                 .filter(|_| self.state.is_active())
                 .map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
             stats: self.stats.clone(),
+            vmm_pid: self.vmm.as_ref().and_then(|v| v.pid()),
+            balloon: None,
         }
     }
 }
@@ -108,7 +113,8 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The VMM config for `spec`: the spec's fields, the console on a socket in `run_dir`.
+/// The VMM config for `spec`: the spec's fields, the console on a socket in `run_dir`;
+/// settings a spec cannot express yet keep `VmConfig::new`'s defaults.
 pub fn vm_config(spec: &VmSpec, run_dir: &Path) -> VmConfig {
     VmConfig {
         kernel: spec.kernel.clone(),
@@ -124,6 +130,8 @@ pub fn vm_config(spec: &VmSpec, run_dir: &Path) -> VmConfig {
         rng: spec.rng,
         balloon: spec.balloon,
         balloon_target: spec.balloon_target,
+        virtio_console: spec.virtio_console.clone(),
+        virtio_transport: spec.virtio_transport,
     }
 }
 
@@ -228,8 +236,9 @@ impl Daemon {
             (e.info(), e.vmm.clone())
         };
         if let Some(vmm) = vmm.filter(|_| info.state.is_active()) {
-            if let Ok(ChildMsg::Info { stats }) = vmm.request(Request::Info).await {
+            if let Ok(ChildMsg::Info { stats, balloon }) = vmm.request(Request::Info).await {
                 info.stats = Some(stats);
+                info.balloon = balloon;
             }
         }
         Ok(info)
@@ -395,6 +404,40 @@ impl Daemon {
         self.simple(name, Request::Shutdown).await?;
         // A paused VM is resumed so that its guest can react.
         self.set_state(name, VmState::Paused, VmState::Running)
+    }
+
+    /// Asks the guest of a running (or paused) VM to hold `target` of its memory in the
+    /// balloon; returns at once (the guest inflates or deflates in its own time).
+    pub async fn set_balloon(&self, name: &str, target: BalloonTarget) -> Result<VmInfo, ApiError> {
+        let _guard = self.begin(name, Op::Balloon).await?;
+        let spec = self.table().get(name).map(|e| e.spec.clone());
+        let spec = spec.ok_or_else(|| ApiError::NotFound(name.into()))?;
+        if spec.balloon.is_none() {
+            return Err(ApiError::WrongState(format!(
+                "VM {name:?} has no balloon (define it with one: `--balloon`, or \"balloon\" in \
+                 its definition)"
+            )));
+        }
+        let bytes = target.target.0;
+        if !bytes.is_multiple_of(BALLOON_PAGE) {
+            return Err(ApiError::InvalidConfig(format!(
+                "balloon target {bytes} is not a multiple of 4 KiB"
+            )));
+        }
+        if bytes >= spec.memory.0 {
+            return Err(ApiError::InvalidConfig(format!(
+                "balloon target {} must be less than the VM's memory {}",
+                target.target, spec.memory
+            )));
+        }
+        self.simple(
+            name,
+            Request::Balloon {
+                target_bytes: bytes,
+            },
+        )
+        .await?;
+        self.info(name).await
     }
 
     /// Ends the VM now and waits until its VMM has exited.

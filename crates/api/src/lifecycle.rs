@@ -61,6 +61,8 @@ pub enum Op {
     Kill,
     Delete,
     Console,
+    /// Set the balloon's target.
+    Balloon,
 }
 
 impl Op {
@@ -73,6 +75,7 @@ impl Op {
             Op::Kill => "kill",
             Op::Delete => "delete",
             Op::Console => "attach to",
+            Op::Balloon => "set the balloon of",
         }
     }
 
@@ -83,7 +86,7 @@ impl Op {
             Op::Start => &[Created, Stopped, Failed],
             Op::Pause => &[Running],
             Op::Resume => &[Paused],
-            Op::Shutdown | Op::Kill | Op::Console => &[Running, Paused],
+            Op::Shutdown | Op::Kill | Op::Console | Op::Balloon => &[Running, Paused],
             Op::Delete => &[Created, Stopped, Failed],
         }
     }
@@ -118,5 +121,8 @@ mod tests {
         assert!(check("a", VmState::Running, Op::Delete).is_err());
         assert!(check("a", VmState::Running, Op::Resume).is_err());
         assert!(check("a", VmState::Created, Op::Kill).is_err());
+        assert!(check("a", VmState::Paused, Op::Balloon).is_ok());
+        let e = check("a", VmState::Created, Op::Balloon).unwrap_err();
+        assert!(e.to_string().contains("set the balloon of"), "{e}");
     }
 }

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use vmm::config::{BalloonConfig, DiskConfig, EngineChoice, MemorySize, NetConfig, VsockConfig};
+use vmm::config::{
+    BalloonConfig, DiskConfig, EngineChoice, MemorySize, NetConfig, SerialConfig, VirtioTransport,
+    VsockConfig,
+};
 
 use crate::lifecycle::VmState;
 
@@ -43,6 +46,11 @@ pub struct VmSpec {
     /// A virtio-vsock device whose host side is a Unix socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// A virtio console (the guest's /dev/hvc0): `{"kind":"file","path":...}`,
+    /// `{"kind":"socket","path":...}` or `{"kind":"null"}` (not `stdio`: a daemon has no
+    /// terminal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtio_console: Option<SerialConfig>,
     /// A virtio-rng device.
     #[serde(default)]
     pub rng: bool,
@@ -57,6 +65,13 @@ pub struct VmSpec {
         deserialize_with = "optional_memory"
     )]
     pub balloon_target: Option<MemorySize>,
+    /// How the virtio devices reach the guest: `mmio` or `pci`.
+    #[serde(default, skip_serializing_if = "is_mmio")]
+    pub virtio_transport: VirtioTransport,
+}
+
+fn is_mmio(t: &VirtioTransport) -> bool {
+    *t == VirtioTransport::Mmio
 }
 
 fn default_cpus() -> u8 {
@@ -92,6 +107,10 @@ pub struct Stats {
     pub exits: BTreeMap<String, u64>,
     pub instructions: u64,
     pub elapsed_ms: u64,
+    /// Milliseconds from start until the guest said it was ready (its first write to the
+    /// boot-timer port; the default guest writes it when its shell is up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_ms: Option<u64>,
 }
 
 impl From<&vmm::stats::VmStats> for Stats {
@@ -104,6 +123,63 @@ impl From<&vmm::stats::VmStats> for Stats {
                 .collect(),
             instructions: s.instructions,
             elapsed_ms: u64::try_from(s.elapsed.as_millis()).unwrap_or(u64::MAX),
+            ready_ms: s
+                .ready
+                .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+/// The body of `PUT /v1/vms/{name}/balloon`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonTarget {
+    /// Memory the balloon should hold (taken from the guest): bytes as a number, or a
+    /// string such as `"64M"`; `0` gives all of it back. A multiple of 4 KiB, below the VM's
+    /// memory.
+    #[serde(deserialize_with = "memory_from_number_or_string")]
+    pub target: MemorySize,
+}
+
+/// A running VM's balloon: what the host asked for, what the guest gave, and the guest's
+/// own memory statistics (from the stats queue; the guest refreshes them on each request,
+/// so they are one request old).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonInfo {
+    /// Memory the host asked the guest to put in the balloon.
+    pub target_bytes: u64,
+    /// Memory the guest says the balloon holds now.
+    pub actual_bytes: u64,
+    /// 4 KiB pages the guest gave to the balloon so far (dropped from the host's memory).
+    pub inflated_pages: u64,
+    /// 4 KiB pages the guest took back from the balloon so far.
+    pub deflated_pages: u64,
+    /// 4 KiB pages the guest reported free (free page reporting; dropped from the host).
+    pub reported_pages: u64,
+    /// The guest's latest statistics by name (`free_memory`, `total_memory`,
+    /// `available_memory`, ... in bytes; fault and swap counts as counts); tags this
+    /// version does not know appear as `tag_N`.
+    #[serde(default)]
+    pub guest_stats: BTreeMap<String, u64>,
+}
+
+impl From<&virtio::balloon::BalloonState> for BalloonInfo {
+    fn from(s: &virtio::balloon::BalloonState) -> Self {
+        let bytes = |pages: u32| u64::from(pages) << 12;
+        BalloonInfo {
+            target_bytes: bytes(s.target_pages),
+            actual_bytes: bytes(s.actual_pages),
+            inflated_pages: s.inflated_pages,
+            deflated_pages: s.deflated_pages,
+            reported_pages: s.reported_pages,
+            guest_stats: s
+                .stats
+                .iter()
+                .map(|&(tag, v)| match virtio::balloon::stat_name(tag) {
+                    Some(n) => (n.to_string(), v),
+                    None => (format!("tag_{tag}"), v),
+                })
+                .collect(),
         }
     }
 }
@@ -131,6 +207,12 @@ pub struct VmInfo {
     /// Live counters while running or paused; final counters once stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
+    /// The process id of the VM's `wirt vmm` process, while running or paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_pid: Option<u32>,
+    /// The balloon, while running or paused (VMs defined with a balloon).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonInfo>,
 }
 
 /// One line of `GET /v1/events`: a VM changed state.
@@ -194,17 +276,49 @@ mod tests {
     }
 
     #[test]
+    fn balloon_target_takes_a_size_and_balloon_figures_are_named() {
+        let t: BalloonTarget = serde_json::from_str(r#"{"target":"64M"}"#).unwrap();
+        assert_eq!(t.target, MemorySize(64 << 20));
+        let t: BalloonTarget = serde_json::from_str(r#"{"target":0}"#).unwrap();
+        assert_eq!(t.target, MemorySize(0));
+        assert!(serde_json::from_str::<BalloonTarget>(r#"{"target":"lots"}"#).is_err());
+        assert!(serde_json::from_str::<BalloonTarget>(r#"{"target":"1M","x":1}"#).is_err());
+        assert!(serde_json::from_str::<BalloonTarget>("{}").is_err());
+
+        let mut state = virtio::balloon::BalloonState::default();
+        state.target_pages = 256;
+        state.actual_pages = 10;
+        state.inflated_pages = 10;
+        state.stats = vec![(4, 1 << 20), (5, 2 << 20), (200, 7)];
+        let b = BalloonInfo::from(&state);
+        assert_eq!((b.target_bytes, b.actual_bytes), (1 << 20, 10 << 12));
+        assert_eq!(b.inflated_pages, 10);
+        assert_eq!(b.guest_stats["free_memory"], 1 << 20);
+        assert_eq!(b.guest_stats["total_memory"], 2 << 20);
+        assert_eq!(b.guest_stats["tag_200"], 7);
+    }
+
+    #[test]
     fn spec_devices_default_to_none_and_parse_in_the_virtio_shapes() {
         let s: VmSpec = serde_json::from_str(r#"{"name":"a","kernel":"/k"}"#).unwrap();
         assert!(s.disks.is_empty() && s.nets.is_empty() && !s.rng);
+        assert_eq!(s.virtio_transport, VirtioTransport::Mmio);
+        assert_eq!(s.virtio_console, None);
+        assert!(serde_json::from_str::<VmSpec>(
+            r#"{"name":"a","kernel":"/k","virtio_transport":"isa"}"#
+        )
+        .is_err());
         assert_eq!((s.vsock, s.balloon, s.balloon_target), (None, None, None));
         let s: VmSpec = serde_json::from_str(
             r#"{"name":"a","kernel":"/k","disks":[{"path":"/d.img","readonly":true}],
                 "nets":[{"tap":"tap0","mac":[82,84,0,1,2,3]}],"vsock":{"cid":3,"socket":"/v"},
                 "rng":true,"balloon":{"deflate_on_oom":true,"free_page_reporting":false},
-                "balloon_target":"64M"}"#,
+                "balloon_target":"64M","virtio_console":{"kind":"file","path":"/h.log"},
+                "virtio_transport":"pci"}"#,
         )
         .unwrap();
+        assert_eq!(s.virtio_console, Some(SerialConfig::File("/h.log".into())));
+        assert_eq!(s.virtio_transport, VirtioTransport::Pci);
         assert_eq!(s.disks[0].path, PathBuf::from("/d.img"));
         assert!(s.disks[0].readonly);
         assert_eq!(s.nets[0].tap, "tap0");

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::Stats;
+use crate::model::{BalloonInfo, Stats};
 
 /// One line of the protocol: a message and the id of the request it belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,8 +30,13 @@ pub enum Request {
     Shutdown,
     /// End the VM now.
     Kill,
-    /// Current counters.
+    /// Current counters (and the balloon's figures, if the VM has one).
     Info,
+    /// Ask the guest to hold `target_bytes` of its memory in the balloon (checked by the
+    /// daemon: a multiple of 4 KiB, below the VM's memory).
+    Balloon {
+        target_bytes: u64,
+    },
 }
 
 /// A message from the child.
@@ -47,7 +52,11 @@ pub enum ChildMsg {
     /// The request failed (e.g. pause timed out).
     Error { message: String },
     /// The answer to [`Request::Info`].
-    Info { stats: Stats },
+    Info {
+        stats: Stats,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        balloon: Option<BalloonInfo>,
+    },
     /// The VM has ended; the child exits next.
     Stopped(Outcome),
 }
@@ -116,5 +125,50 @@ mod tests {
         assert_eq!(back.msg, m);
         let ok: Envelope<ChildMsg> = serde_json::from_str("{\"id\":3,\"type\":\"ok\"}").unwrap();
         assert_eq!((ok.id, ok.msg), (3, ChildMsg::Ok));
+    }
+
+    #[test]
+    fn balloon_requests_and_figures_round_trip() {
+        let l = line(&Envelope {
+            id: 4,
+            msg: Request::Balloon {
+                target_bytes: 64 << 20,
+            },
+        });
+        assert_eq!(
+            l,
+            "{\"id\":4,\"op\":\"balloon\",\"target_bytes\":67108864}\n"
+        );
+        let back: Envelope<Request> = serde_json::from_str(&l).unwrap();
+        assert_eq!(
+            back.msg,
+            Request::Balloon {
+                target_bytes: 64 << 20
+            }
+        );
+        let info = ChildMsg::Info {
+            stats: Stats::default(),
+            balloon: Some(BalloonInfo {
+                target_bytes: 4096,
+                actual_bytes: 0,
+                ..BalloonInfo::default()
+            }),
+        };
+        let back: Envelope<ChildMsg> = serde_json::from_str(&line(&Envelope {
+            id: 1,
+            msg: info.clone(),
+        }))
+        .unwrap();
+        assert_eq!(back.msg, info);
+        // A VM without a balloon: the field is absent, and absent reads as none.
+        let bare = "{\"id\":2,\"type\":\"info\",\"stats\":{\"exits\":{},\"instructions\":0,\"elapsed_ms\":0}}";
+        let back: Envelope<ChildMsg> = serde_json::from_str(bare).unwrap();
+        assert_eq!(
+            back.msg,
+            ChildMsg::Info {
+                stats: Stats::default(),
+                balloon: None
+            }
+        );
     }
 }

@@ -5,7 +5,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::daemon::Daemon;
 use crate::error::ApiError;
-use crate::model::{VmInfo, VmSpec};
+use crate::model::{BalloonTarget, VmInfo, VmSpec};
 
 /// The largest request body accepted (a VM definition is far smaller).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -34,6 +34,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/vms/{name}/shutdown"),
     ("POST", "/v1/vms/{name}/kill"),
     ("GET", "/v1/vms/{name}/console"),
+    ("PUT", "/v1/vms/{name}/balloon"),
     ("GET", "/v1/events"),
 ];
 
@@ -49,6 +50,7 @@ pub fn router(daemon: Daemon) -> Router {
         .route("/v1/vms/{name}/shutdown", post(shutdown))
         .route("/v1/vms/{name}/kill", post(kill))
         .route("/v1/vms/{name}/console", get(console))
+        .route("/v1/vms/{name}/balloon", put(balloon))
         .route("/v1/events", get(events))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
@@ -164,6 +166,15 @@ async fn shutdown(State(d): State<Daemon>, VmName(n): VmName) -> Response {
 
 async fn kill(State(d): State<Daemon>, VmName(n): VmName) -> Response {
     reply(d.kill(&n).await, StatusCode::OK)
+}
+
+/// Sets the balloon's target; 202: the guest inflates or deflates in its own time.
+async fn balloon(
+    State(d): State<Daemon>,
+    VmName(n): VmName,
+    JsonBody(target): JsonBody<BalloonTarget>,
+) -> Response {
+    reply(d.set_balloon(&n, target).await, StatusCode::ACCEPTED)
 }
 
 fn wants_console_upgrade(h: &HeaderMap) -> bool {

@@ -11,21 +11,23 @@
 //! count, GSI base 0), the override ISA IRQ 0 → GSI 2, the SCI as level-triggered,
 //! active-high, and LINT1 as NMI. The DSDT has `\_S5` (SLP_TYP = [`ACPI_S5_SLP_TYP`]),
 //! COM1 (PNP0501) and any extra [`DsdtDevice`]s the VMM adds (e.g. virtio-mmio,
-//! `LNRO0005`).
+//! `LNRO0005`, or a PCI host bridge, see [`PciHostBridge`]). A host bridge also brings an
+//! MCFG table for its ECAM window.
 //!
 //! Layout in [`ACPI_START`]..+[`ACPI_SIZE`]: RSDP first, then the other tables, each
 //! 64-byte aligned (the FACS must be).
 
 use crate::layout::{
-    ACPI_PM1A_CNT, ACPI_PM1A_CNT_LEN, ACPI_PM1A_EVT, ACPI_PM1A_EVT_LEN, ACPI_PM_TMR,
+    pci_intx_gsi, ACPI_PM1A_CNT, ACPI_PM1A_CNT_LEN, ACPI_PM1A_EVT, ACPI_PM1A_EVT_LEN, ACPI_PM_TMR,
     ACPI_PM_TMR_LEN, ACPI_S5_SLP_TYP, ACPI_SCI_IRQ, ACPI_SIZE, ACPI_START, COM1, COM1_IRQ,
-    IOAPIC_BASE, LAPIC_BASE, RESET_CONTROL, RESET_VALUE,
+    IOAPIC_BASE, LAPIC_BASE, PCI_CONFIG_PORTS, PCI_CONFIG_PORTS_LEN, RESET_CONTROL, RESET_VALUE,
 };
 use acpi_tables::aml;
 use acpi_tables::facs::FACS;
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
+use acpi_tables::mcfg::MCFG;
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -74,6 +76,26 @@ pub enum DsdtResource {
         level: bool,
         active_low: bool,
     },
+    /// Makes the device a PCI host bridge: its `_CRS` lists the bridge's windows instead of
+    /// consumed resources, it gets `_CID`, `_SEG`, `_BBN` and a `_PRT`, and the tables get
+    /// an MCFG entry for its ECAM window.
+    PciHostBridge(PciHostBridge),
+}
+
+/// A PCI host bridge for segment 0, buses `0..ecam_buses`.
+///
+/// `_CRS` produces the bus range, all I/O ports except the configuration ports (which it
+/// consumes) and the memory window `mmio_base..+mmio_len` for BARs. `_PRT` maps pin P of
+/// slot S to GSI [`pci_intx_gsi`]`(S, P)` on bus 0; such hard-wired PCI interrupts are
+/// level-triggered and active-low by ACPI's rule (the irqchips ignore polarity, a device
+/// asserting its line is "high" to them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciHostBridge {
+    pub ecam_base: u64,
+    /// Number of buses the ECAM window covers (1 MiB each), 1..=256.
+    pub ecam_buses: u16,
+    pub mmio_base: u64,
+    pub mmio_len: u64,
 }
 
 /// A device to add to `\_SB` in the DSDT.
@@ -109,6 +131,146 @@ impl DsdtDevice {
     }
 }
 
+impl DsdtDevice {
+    /// The host bridge `PCI0` (PNP0A08, compatible with PNP0A03) and a motherboard-resource
+    /// device (PNP0C02) that reserves its ECAM window, which Linux wants to see before it
+    /// trusts the MCFG table.
+    pub fn pci_host_bridge(bridge: PciHostBridge) -> [DsdtDevice; 2] {
+        [
+            DsdtDevice {
+                name: "PCI0".into(),
+                hid: "PNP0A08".into(),
+                uid: 0,
+                resources: vec![DsdtResource::PciHostBridge(bridge)],
+            },
+            DsdtDevice {
+                name: "PRES".into(),
+                hid: "PNP0C02".into(),
+                uid: 0,
+                resources: vec![DsdtResource::Mmio {
+                    base: bridge.ecam_base,
+                    len: u64::from(bridge.ecam_buses) << 20,
+                }],
+            },
+        ]
+    }
+}
+
+/// The host bridges among `devices`.
+fn pci_host_bridges(devices: &[DsdtDevice]) -> impl Iterator<Item = PciHostBridge> + '_ {
+    devices
+        .iter()
+        .flat_map(|d| d.resources.iter())
+        .filter_map(|r| match r {
+            DsdtResource::PciHostBridge(b) => Some(*b),
+            _ => None,
+        })
+}
+
+/// `_CRS`, `_PRT` and the identification objects of a PCI host bridge.
+fn pci_host_bridge_aml(d: &DsdtDevice, b: &PciHostBridge) -> Result<Vec<u8>, AcpiError> {
+    let bad = |reason: &str| AcpiError::Resource {
+        name: d.name.clone(),
+        reason: reason.into(),
+    };
+    if b.ecam_buses == 0 || b.ecam_buses > 256 {
+        return Err(bad("a PCI host bridge needs 1 to 256 buses"));
+    }
+    let ecam_last = (u64::from(b.ecam_buses) << 20)
+        .checked_sub(1)
+        .and_then(|l| b.ecam_base.checked_add(l));
+    let mmio_last = b
+        .mmio_len
+        .checked_sub(1)
+        .and_then(|l| b.mmio_base.checked_add(l));
+    let (Some(_), Some(mmio_last)) = (ecam_last, mmio_last) else {
+        return Err(bad("empty or overflowing PCI window"));
+    };
+    let last_bus = b.ecam_buses - 1;
+    let buses = aml::AddressSpace::<u16>::new_bus_number(0, last_bus);
+    let cfg_ports = aml::IO::new(PCI_CONFIG_PORTS, PCI_CONFIG_PORTS, 1, PCI_CONFIG_PORTS_LEN);
+    let io_low = aml::AddressSpace::<u16>::new_io(0, PCI_CONFIG_PORTS - 1, None);
+    let io_high = aml::AddressSpace::<u16>::new_io(
+        PCI_CONFIG_PORTS + u16::from(PCI_CONFIG_PORTS_LEN),
+        0xffff,
+        None,
+    );
+    let mmio32;
+    let mmio64;
+    let mmio: &dyn Aml = match (u32::try_from(b.mmio_base), u32::try_from(mmio_last)) {
+        (Ok(lo), Ok(hi)) => {
+            mmio32 = aml::AddressSpace::<u32>::new_memory(
+                aml::AddressSpaceCacheable::NotCacheable,
+                true,
+                lo,
+                hi,
+                None,
+            );
+            &mmio32
+        }
+        _ => {
+            mmio64 = aml::AddressSpace::<u64>::new_memory(
+                aml::AddressSpaceCacheable::NotCacheable,
+                true,
+                b.mmio_base,
+                mmio_last,
+                None,
+            );
+            &mmio64
+        }
+    };
+    let crs = aml::ResourceTemplate::new(vec![&buses, &cfg_ports, &io_low, &io_high, mmio]);
+
+    // _PRT: Package { Address (slot << 16 | 0xffff), Pin, Source (0: a GSI), GSI }.
+    let mut routes: Vec<[u32; 3]> = Vec::new();
+    for slot in 1..32u8 {
+        for pin in 0..4u8 {
+            routes.push([
+                u32::from(slot) << 16 | 0xffff,
+                u32::from(pin),
+                pci_intx_gsi(slot, pin),
+            ]);
+        }
+    }
+    let zero = 0u8;
+    let entries: Vec<aml::Package> = routes
+        .iter()
+        .map(|[addr, pin, gsi]| aml::Package::new(vec![addr, pin, &zero, gsi]))
+        .collect();
+    let prt = aml::Package::new(entries.iter().map(|p| p as &dyn Aml).collect());
+
+    let hid = aml::EISAName::new(&d.hid);
+    let cid = aml::EISAName::new("PNP0A03");
+    let name_hid = aml::Name::new("_HID".into(), &hid);
+    let name_cid = aml::Name::new("_CID".into(), &cid);
+    let name_seg = aml::Name::new("_SEG".into(), &zero);
+    let name_bbn = aml::Name::new("_BBN".into(), &zero);
+    let name_uid = aml::Name::new("_UID".into(), &d.uid);
+    let name_crs = aml::Name::new("_CRS".into(), &crs);
+    let name_prt = aml::Name::new("_PRT".into(), &prt);
+    let dev = aml::Device::new(
+        d.name.as_str().into(),
+        vec![
+            &name_hid, &name_cid, &name_seg, &name_bbn, &name_uid, &name_crs, &name_prt,
+        ],
+    );
+    let mut out = Vec::new();
+    dev.to_aml_bytes(&mut out);
+    Ok(out)
+}
+
+/// MCFG for the host bridges' ECAM windows, if there are any.
+pub fn mcfg(devices: &[DsdtDevice]) -> Option<MCFG> {
+    let mut bridges = pci_host_bridges(devices).peekable();
+    bridges.peek()?;
+    let mut t = MCFG::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
+    for b in bridges {
+        let last_bus = b.ecam_buses.clamp(1, 256) - 1;
+        t.add_ecam(b.ecam_base, 0, 0, last_bus as u8);
+    }
+    Some(t)
+}
+
 fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() == 4
@@ -130,6 +292,12 @@ fn device_aml(d: &DsdtDevice) -> Result<Vec<u8>, AcpiError> {
     }
     if d.hid.is_empty() || d.hid.len() > 8 || !d.hid.bytes().all(|c| c.is_ascii_graphic()) {
         return Err(AcpiError::HardwareId(d.hid.clone()));
+    }
+    if let Some(b) = pci_host_bridges(std::slice::from_ref(d)).next() {
+        if !is_eisa_id(&d.hid) {
+            return Err(AcpiError::HardwareId(d.hid.clone()));
+        }
+        return pci_host_bridge_aml(d, &b);
     }
     let bad = |reason: &str| AcpiError::Resource {
         name: d.name.clone(),
@@ -169,6 +337,7 @@ fn device_aml(d: &DsdtDevice) -> Result<Vec<u8>, AcpiError> {
             } => res.push(Box::new(aml::Interrupt::new(
                 true, !level, active_low, false, gsi,
             ))),
+            DsdtResource::PciHostBridge(_) => {}
         }
     }
     let crs_children: Vec<&dyn Aml> = res.iter().map(|b| b.as_ref()).collect();
@@ -335,9 +504,14 @@ pub fn build(cpus: u8, extra: &[DsdtDevice]) -> Result<Vec<(u64, Vec<u8>)>, Acpi
     let fadt_addr = place(acpi_tables::fadt::FADT::len());
     let madt = madt(cpus)?;
     let madt_addr = place(madt.len());
+    let mcfg = mcfg(extra).map(|t| bytes_of(&t));
+    let mcfg_addr = mcfg.as_ref().map(|t| place(t.len()));
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
     xsdt.add_entry(madt_addr);
+    if let Some(a) = mcfg_addr {
+        xsdt.add_entry(a);
+    }
     let xsdt_bytes = bytes_of(&xsdt);
     let xsdt_addr = place(xsdt_bytes.len());
     let rsdp = Rsdp::new(OEM_ID, xsdt_addr);
@@ -345,14 +519,18 @@ pub fn build(cpus: u8, extra: &[DsdtDevice]) -> Result<Vec<(u64, Vec<u8>)>, Acpi
     if end - ACPI_START > ACPI_SIZE {
         return Err(AcpiError::TooLarge(end - ACPI_START));
     }
-    Ok(vec![
+    let mut tables = vec![
         (rsdp_addr, bytes_of(&rsdp)),
         (xsdt_addr, xsdt_bytes),
         (fadt_addr, bytes_of(&fadt)),
         (facs_addr, bytes_of(&facs)),
         (madt_addr, madt.as_slice().to_vec()),
         (dsdt_addr, dsdt.as_slice().to_vec()),
-    ])
+    ];
+    if let (Some(a), Some(t)) = (mcfg_addr, mcfg) {
+        tables.push((a, t));
+    }
+    Ok(tables)
 }
 
 /// Writes all tables; returns the RSDP address (for the zero page or PVH start info).
@@ -367,3 +545,125 @@ pub fn write(mem: &GuestMemoryMmap, cpus: u8, extra: &[DsdtDevice]) -> Result<u6
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pci_tests {
+    use super::*;
+    use crate::layout::{PCI_ECAM_BUSES, PCI_ECAM_START, PCI_MMIO_SIZE, PCI_MMIO_START};
+
+    fn bridge() -> PciHostBridge {
+        PciHostBridge {
+            ecam_base: PCI_ECAM_START,
+            ecam_buses: PCI_ECAM_BUSES,
+            mmio_base: PCI_MMIO_START,
+            mmio_len: PCI_MMIO_SIZE,
+        }
+    }
+
+    fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+        hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    fn by_signature<'a>(tables: &'a [(u64, Vec<u8>)], sig: &[u8; 4]) -> Option<&'a [u8]> {
+        tables
+            .iter()
+            .find(|(_, t)| &t[0..4] == sig)
+            .map(|(_, t)| t.as_slice())
+    }
+
+    #[test]
+    fn a_host_bridge_brings_pci0_and_an_mcfg_table() {
+        let tables = build(1, &DsdtDevice::pci_host_bridge(bridge())).unwrap();
+        let mcfg = by_signature(&tables, b"MCFG").expect("MCFG");
+        assert_eq!(mcfg.len(), 44 + 16);
+        assert_eq!(mcfg.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(&mcfg[44..52], &PCI_ECAM_START.to_le_bytes());
+        assert_eq!(&mcfg[52..56], &[0, 0, 0, 0], "segment 0, buses 0..0");
+        // The XSDT points at it.
+        let (mcfg_addr, _) = tables.iter().find(|(_, t)| &t[0..4] == b"MCFG").unwrap();
+        let xsdt = by_signature(&tables, b"XSDT").unwrap();
+        assert!(xsdt[36..].chunks(8).any(|c| c == mcfg_addr.to_le_bytes()));
+        let dsdt = by_signature(&tables, b"DSDT").unwrap();
+        assert!(find(dsdt, b"PCI0").is_some());
+        assert!(find(dsdt, b"_PRT").is_some());
+        assert!(find(dsdt, b"_BBN").is_some());
+        assert!(find(dsdt, b"PRES").is_some());
+        // Slot 1 INTA# → GSI 17 (DWord 0x0001ffff, pin Zero, source Zero, 0x11).
+        assert!(find(
+            dsdt,
+            &[0x0c, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00, 0x0a, 0x11]
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn without_a_bridge_there_is_no_mcfg() {
+        let tables = build(1, &[]).unwrap();
+        assert!(by_signature(&tables, b"MCFG").is_none());
+        assert_eq!(by_signature(&tables, b"XSDT").unwrap().len(), 36 + 16);
+    }
+
+    #[test]
+    fn bad_bridges_are_errors() {
+        let mut b = bridge();
+        b.ecam_buses = 0;
+        assert!(matches!(
+            dsdt(&DsdtDevice::pci_host_bridge(b)),
+            Err(AcpiError::Resource { .. })
+        ));
+        let mut b = bridge();
+        b.mmio_len = 0;
+        assert!(dsdt(&DsdtDevice::pci_host_bridge(b)).is_err());
+        let mut d = DsdtDevice::pci_host_bridge(bridge())[0].clone();
+        d.hid = "NOT-EISA".into();
+        assert!(matches!(dsdt(&[d]), Err(AcpiError::HardwareId(_))));
+    }
+
+    /// ACPICA's disassembler reads the DSDT and MCFG back without complaint, and sees the
+    /// bridge's resources. Skipped where `iasl` (acpica-tools) is not installed.
+    #[test]
+    fn iasl_decompiles_the_pci_tables() {
+        if std::process::Command::new("iasl")
+            .arg("-v")
+            .output()
+            .is_err()
+        {
+            println!("skipped: iasl not installed (apt-get install acpica-tools)");
+            return;
+        }
+        let tables = build(2, &DsdtDevice::pci_host_bridge(bridge())).unwrap();
+        let dir = std::env::temp_dir().join(format!("wirt-acpi-pci-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut out = String::new();
+        for sig in [b"DSDT", b"MCFG"] {
+            let name = String::from_utf8_lossy(sig).to_lowercase();
+            let path = dir.join(format!("{name}.dat"));
+            std::fs::write(&path, by_signature(&tables, sig).unwrap()).unwrap();
+            let r = std::process::Command::new("iasl")
+                .arg("-d")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let log = String::from_utf8_lossy(&r.stdout).into_owned()
+                + &String::from_utf8_lossy(&r.stderr);
+            assert!(r.status.success(), "{log}");
+            assert!(!log.contains("Error"), "{log}");
+            out += &std::fs::read_to_string(dir.join(format!("{name}.dsl"))).unwrap();
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        for want in [
+            "EisaId (\"PNP0A08\")",
+            "EisaId (\"PNP0A03\")",
+            "EisaId (\"PNP0C02\")",
+            "WordBusNumber",
+            "0x0CF8",
+            "0xC0000000",
+            "0xCFFFFFFF",
+            "0x0001FFFF",
+            "0x001FFFFF",
+            "Base Address : 00000000E0000000",
+        ] {
+            assert!(out.contains(want), "{want} missing in\n{out}");
+        }
+    }
+}

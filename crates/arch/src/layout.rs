@@ -41,6 +41,10 @@ pub const ACPI_SCI_IRQ: u8 = 9;
 /// Reset control register (FADT RESET_REG); writing 0x06 resets.
 pub const RESET_CONTROL: u16 = 0xcf9;
 pub const RESET_VALUE: u8 = 0x06;
+/// PCI configuration mechanism #1: CONFIG_ADDRESS at 0xcf8, CONFIG_DATA at 0xcfc. One
+/// chipset device owns the 8 ports, [`RESET_CONTROL`] included.
+pub const PCI_CONFIG_PORTS: u16 = 0xcf8;
+pub const PCI_CONFIG_PORTS_LEN: u8 = 8;
 /// COM1..COM4.
 pub const COM1: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;
@@ -60,6 +64,25 @@ pub const LAPIC_BASE: u64 = 0xfee0_0000;
 pub const LAPIC_SIZE: u64 = 0x1000;
 /// Where virtio-mmio and other MMIO devices are placed.
 pub const MMIO_DEVICES_START: u64 = 0xd000_0000;
+/// The PCI host bridge's memory window, where the guest places PCI BARs: the bottom of the
+/// 32-bit MMIO hole, below [`MMIO_DEVICES_START`].
+pub const PCI_MMIO_START: u64 = MMIO_HOLE_START;
+pub const PCI_MMIO_SIZE: u64 = MMIO_DEVICES_START - PCI_MMIO_START;
+/// PCI Express enhanced configuration space (ECAM, the MCFG table's window) for bus 0
+/// only: 32 devices x 8 functions x 4 KiB. Above the virtio-mmio devices, below the IOAPIC.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_BUSES: u16 = 1;
+pub const PCI_ECAM_SIZE: u64 = (PCI_ECAM_BUSES as u64) << 20;
+/// PCI INTx lines use the IOAPIC pins above the ISA IRQs, GSI 16..23, level-triggered.
+pub const PCI_INTX_GSI_BASE: u32 = 16;
+pub const PCI_INTX_GSI_COUNT: u32 = 8;
+
+/// The GSI of interrupt pin `pin` (0 = INTA# .. 3 = INTD#) of the device in PCI slot `slot`
+/// of bus 0: the usual swizzle over the eight PCI GSIs, so the INTA# lines of slots 1..8
+/// are all different. The DSDT's `_PRT` says the same.
+pub const fn pci_intx_gsi(slot: u8, pin: u8) -> u32 {
+    PCI_INTX_GSI_BASE + (slot as u32 + pin as u32) % PCI_INTX_GSI_COUNT
+}
 
 // ---- low memory used by the loader (all below the EBDA) ----
 //

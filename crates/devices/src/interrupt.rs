@@ -17,6 +17,19 @@ pub trait InterruptSink: Send + Sync {
         self.set_level(gsi, true);
         self.set_level(gsi, false);
     }
+
+    /// Whether [`send_msi`](Self::send_msi) delivers: PCI devices offer MSI-X only then,
+    /// and use their INTx line otherwise.
+    fn supports_msi(&self) -> bool {
+        false
+    }
+
+    /// Deliver a message-signalled interrupt: `addr` and `data` as a device writes them
+    /// (the x86 format: 0xfeeX_XXXX with destination APIC ID, vector and delivery mode).
+    /// Returns whether the message was accepted; the default engine has no MSI path.
+    fn send_msi(&self, _addr: u64, _data: u32) -> bool {
+        false
+    }
 }
 
 /// A sink that drops every interrupt: for devices under test and for VMs without an irqchip.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use arch::regs::CpuState;
 use devices::InterruptSink;
 use serde::{Deserialize, Serialize};
+use vmm_sys_util::eventfd::EventFd;
 
 /// Which engine runs a VM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +106,29 @@ pub trait Vm: Send + Sync {
     /// Devices call this after writing guest RAM themselves (DMA), with the written range.
     /// The software engine drops decoded code it cached for those pages; KVM needs nothing.
     fn note_guest_write(&self, _gpa: u64, _len: u64) {}
+
+    /// Has the engine signal `kick` itself when the guest writes the 32-bit `value` to the
+    /// MMIO address `addr` (KVM: an ioeventfd), so such a write never leaves the engine.
+    /// `Ok(false)`: the engine has no such path and the write reaches the [`IoHandler`] as
+    /// usual (the software engine, whose bus call is already a direct call).
+    fn register_mmio_kick(&self, _addr: u64, _value: u32, _kick: &EventFd) -> Result<bool, Error> {
+        Ok(false)
+    }
+
+    /// Lets a write to `trigger` raise the level-triggered line `gsi` without a call into
+    /// the VMM's interrupt sink (KVM: an irqfd with a resample fd). The engine lowers the
+    /// line when the guest acknowledges the interrupt (EOI) and then signals `resample`:
+    /// whoever drives the line must raise it again if its source is still pending.
+    /// `Ok(false)`: the engine has no such path; drive the line through
+    /// [`Vm::interrupt_sink`].
+    fn register_level_irqfd(
+        &self,
+        _gsi: u32,
+        _trigger: &EventFd,
+        _resample: &EventFd,
+    ) -> Result<bool, Error> {
+        Ok(false)
+    }
 }
 
 /// Errors of the engines.

@@ -18,6 +18,7 @@ use hypervisor::kvm::{KvmHypervisor, KvmVm};
 use hypervisor::{ExitReason, IoHandler, Kicker, Vcpu, Vm, VmExit};
 use iced_x86::code_asm::*;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 const RAM_SIZE: usize = 4 << 20;
 const GDT: u64 = 0x500;
@@ -1070,4 +1071,139 @@ fn each_vcpu_gets_its_own_cpuid() {
             .collect();
         assert_eq!(&sig[..9], b"KVMKVMKVM");
     }
+}
+
+/// A 32-bit write of the registered value to a registered address signals the eventfd
+/// inside KVM (an ioeventfd): no MMIO exit, nothing reaches the [`IoHandler`]; other values
+/// still do.
+#[test]
+fn mmio_kick_signals_the_eventfd_without_an_exit() {
+    let Some(g) = guest(1) else { return };
+    const NOTIFY: u64 = MMIO_ADDR + 0x50;
+    load(
+        &g.mem,
+        CODE,
+        &assemble(CODE, |a| {
+            a.mov(rax, NOTIFY).unwrap();
+            a.mov(dword_ptr(rax), 0u32).unwrap();
+            a.mov(dword_ptr(rax), 1u32).unwrap();
+            a.mov(dword_ptr(rax), 1u32).unwrap();
+            a.mov(dx, 0x513).unwrap();
+            a.mov(al, 0x77).unwrap();
+            a.out(dx, al).unwrap();
+            let mut here = a.create_label();
+            a.set_label(&mut here).unwrap();
+            a.jmp(here).unwrap();
+        }),
+    );
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    assert!(g.vm.register_mmio_kick(NOTIFY, 1, &kick).unwrap());
+    let mut vcpu = g.vm.create_vcpu(0).unwrap();
+    vcpu.set_state(&long_mode(CODE, STACK_TOP, 0)).unwrap();
+    let io = Recorder::default();
+    run_until(vcpu.as_mut(), &io, |io| !io.outs().is_empty());
+    assert_eq!(
+        io.log(),
+        vec![
+            Access::MmioWrite(NOTIFY, vec![0, 0, 0, 0]),
+            out(0x513, &[0x77])
+        ]
+    );
+    assert_eq!(kick.read().unwrap(), 2, "both matching writes signalled");
+    assert_eq!(vcpu.counters().get(ExitReason::MmioWrite), 1);
+}
+
+/// A write to a level irqfd raises the line: the guest's handler runs; its EOI lowers the
+/// line and signals the resample fd, and the next write raises it again.
+#[test]
+fn level_irqfd_interrupts_the_guest_and_resamples_at_eoi() {
+    let Some(g) = guest(1) else { return };
+    const HANDLER: u64 = CODE + 0x800;
+    const GSI: u32 = 5;
+    load(
+        &g.mem,
+        HANDLER,
+        &assemble(HANDLER, |a| {
+            a.push(rax).unwrap();
+            a.push(rdx).unwrap();
+            a.mov(dx, 0x514).unwrap();
+            a.mov(al, 0x99).unwrap();
+            a.out(dx, al).unwrap();
+            a.mov(al, 0x20).unwrap(); // EOI to the master PIC
+            a.out(0x20, al).unwrap();
+            a.pop(rdx).unwrap();
+            a.pop(rax).unwrap();
+            a.iretq().unwrap();
+        }),
+    );
+    set_gate(&g.mem, 0x20 + u64::from(GSI), HANDLER);
+    load(
+        &g.mem,
+        CODE,
+        &assemble(CODE, |a| {
+            for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1)] {
+                a.mov(al, v).unwrap();
+                a.out(port, al).unwrap();
+            }
+            for (port, v) in [(0xa0, 0x11), (0xa1, 0x28), (0xa1, 2), (0xa1, 1)] {
+                a.mov(al, v).unwrap();
+                a.out(port, al).unwrap();
+            }
+            // Only IRQ 5 unmasked.
+            a.mov(al, !(1u8 << GSI) as u32).unwrap();
+            a.out(0x21, al).unwrap();
+            a.mov(al, 0xff).unwrap();
+            a.out(0xa1, al).unwrap();
+            a.sti().unwrap();
+            let mut again = a.create_label();
+            a.set_label(&mut again).unwrap();
+            a.hlt().unwrap();
+            a.jmp(again).unwrap();
+        }),
+    );
+    let trigger = EventFd::new(EFD_NONBLOCK).unwrap();
+    let resample = EventFd::new(EFD_NONBLOCK).unwrap();
+    assert!(g.vm.register_level_irqfd(GSI, &trigger, &resample).unwrap());
+    let mut vcpu = g.vm.create_vcpu(0).unwrap();
+    vcpu.set_state(&long_mode(CODE, STACK_TOP, 0xfff)).unwrap();
+    let io = Arc::new(Recorder::default());
+    let handled = |io: &Recorder| {
+        io.outs()
+            .iter()
+            .filter(|a| **a == out(0x514, &[0x99]))
+            .count()
+    };
+    let vcpu_io = io.clone();
+    let runner = thread::spawn(move || {
+        let done = run_until(vcpu.as_mut(), &vcpu_io, |io| handled(io) >= 2);
+        (done, vcpu)
+    });
+    let wait_for = |n: usize| {
+        let start = Instant::now();
+        while handled(&io) < n {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "handler ran {} times",
+                handled(&io)
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    };
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(handled(&io), 0, "an interrupt before the trigger");
+    trigger.write(1).unwrap();
+    wait_for(1);
+    let start = Instant::now();
+    let resampled = loop {
+        match resample.read() {
+            Ok(n) => break n,
+            Err(_) if start.elapsed() < TIMEOUT => thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("no resample after the EOI: {e}"),
+        }
+    };
+    assert_eq!(resampled, 1);
+    trigger.write(1).unwrap();
+    wait_for(2);
+    let (exit, _vcpu) = runner.join().unwrap();
+    assert_eq!(exit, VmExit::Io);
 }

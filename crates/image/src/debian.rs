@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
+use crate::apt_memo::AptMemo;
 use crate::error::{ImageError, IoContext};
 
 /// One package as apt's index describes its candidate version.
@@ -31,8 +32,31 @@ impl Package {
     }
 }
 
-/// Looks up the candidate version of `name` in apt's index.
+/// Looks up the candidate version of `name` in apt's index (or in the memo of earlier
+/// answers, while apt's state is unchanged: see [`crate::apt_memo`]).
 pub fn resolve(name: &str) -> Result<Package, ImageError> {
+    let memo = AptMemo::open_default();
+    if let Some(package) = memo
+        .as_ref()
+        .and_then(|m| m.get(name))
+        .and_then(|stanza| parse_stanza(&stanza))
+    {
+        return Ok(package);
+    }
+    let package = ask_apt(name)?;
+    if let Some(m) = &memo {
+        m.put(name, &package.stanza);
+    }
+    Ok(package.package)
+}
+
+/// A package and the stanza it was parsed from.
+struct Answer {
+    package: Package,
+    stanza: String,
+}
+
+fn ask_apt(name: &str) -> Result<Answer, ImageError> {
     let out = run(
         Command::new("apt-cache").args(["show", "--no-all-versions", name]),
         "apt-cache",
@@ -45,10 +69,12 @@ pub fn resolve(name: &str) -> Result<Package, ImageError> {
             detail: one_line(&out.stderr),
         });
     }
-    parse_stanza(&text).ok_or_else(|| ImageError::UnknownPackage {
+    let stanza = text.split("\n\n").next().unwrap_or_default().to_string();
+    let package = parse_stanza(&stanza).ok_or_else(|| ImageError::UnknownPackage {
         package: name.to_string(),
         detail: "apt-cache show printed no Package/Version/Architecture/SHA256".to_string(),
-    })
+    })?;
+    Ok(Answer { package, stanza })
 }
 
 /// Follows a metapackage such as `linux-image-cloud-amd64` to the versioned package it

@@ -73,6 +73,10 @@ pub enum ImageError {
         source: std::io::Error,
     },
 
+    /// A guest tool from guest/tools/ did not compile.
+    #[error("compiling guest/tools/{tool} with gcc failed: {detail}")]
+    GuestTool { tool: &'static str, detail: String },
+
     /// The boot-timer program could not be assembled (a bug in this crate).
     #[error("assembling the boot-timer program failed: {0}")]
     Assemble(String),

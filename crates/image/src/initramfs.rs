@@ -1,5 +1,6 @@
-//! The initramfs: busybox-static, the /init script from guest/, the boot-timer program and,
-//! for the stock kernel, its virtio modules, written as one uncompressed newc archive.
+//! The initramfs: busybox-static, the /init script from guest/, the boot-timer program, the
+//! guest tools (guest/tools/) and, for the stock kernel, its virtio modules, written as one
+//! uncompressed newc archive.
 //!
 //! Uncompressed on purpose: the kernel unpacks it without running a decompressor, which
 //! on the software engine costs more instructions than the extra bytes cost to load.
@@ -11,6 +12,7 @@ use std::process::Command;
 
 use crate::debian::{one_line, run};
 use crate::error::{ImageError, IoContext};
+use crate::guest_tools::CompiledTool;
 use crate::modules::Module;
 use crate::newc::NewcWriter;
 use crate::recipe;
@@ -59,6 +61,7 @@ pub fn write(
     busybox: &Path,
     applets: &[String],
     boot_timer: &[u8],
+    tools: &[CompiledTool],
     modules: &[Module],
 ) -> Result<u64, ImageError> {
     let file = File::create(out).context(|| format!("creating {}", out.display()))?;
@@ -92,6 +95,9 @@ pub fn write(
             .context(ctx)?;
     }
     w.file(BOOT_TIMER_PROGRAM, 0o755, boot_timer).context(ctx)?;
+    for tool in tools {
+        w.file(tool.guest_path, 0o755, &tool.bytes).context(ctx)?;
+    }
 
     let mut list = String::new();
     for module in modules {
@@ -147,6 +153,10 @@ mod tests {
             &busybox,
             &["sh".into(), "awk".into()],
             b"ELF",
+            &[CompiledTool {
+                guest_path: "bin/vsock",
+                bytes: b"VSOCK-TOOL".to_vec(),
+            }],
             &modules,
         )
         .unwrap();
@@ -159,6 +169,8 @@ mod tests {
             "bin/sh\0",
             "bin/awk\0",
             "bin/wirt-boot-timer\0",
+            "bin/vsock\0",
+            "VSOCK-TOOL",
             "lib/modules/virtio.ko\0",
             "etc/wirt/modules\0",
             "/lib/modules/virtio.ko\n",

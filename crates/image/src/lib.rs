@@ -13,10 +13,12 @@
 //! # Ok::<(), image::ImageError>(())
 //! ```
 
+mod apt_memo;
 mod cache;
 pub mod cmdline;
 mod debian;
 mod error;
+mod guest_tools;
 mod initramfs;
 mod minimal_kernel;
 mod modules;
@@ -282,6 +284,9 @@ fn build_locked(
     debian::unpack(&deb, &busybox_root)?;
     let busybox = busybox_root.join("bin/busybox");
     let applets = initramfs::busybox_applets(&busybox)?;
+    // Before the kernel, so a missing gcc fails in seconds rather than after a compile.
+    progress(Progress::Step("compiling the guest tools".to_string()));
+    let tools = guest_tools::compile_all(&scratch.join("tools"))?;
 
     let (kernel, modules) = match opts.flavour {
         KernelFlavour::Stock => {
@@ -323,6 +328,7 @@ fn build_locked(
         &busybox,
         &applets,
         port_writer,
+        &tools,
         &modules,
     )?;
     Ok((staging, kernel_bytes, initrd_bytes))

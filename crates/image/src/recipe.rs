@@ -1,6 +1,7 @@
 //! The recipe files from `guest/`, compiled into the binary, and the hashes that key the
 //! cache: an image is rebuilt exactly when a recipe file, the generated boot-timer
-//! program, the kernel flavour or a resolved Debian package version changes.
+//! program, a guest tool's source or compiler flags, the kernel flavour or a resolved
+//! Debian package version changes.
 
 use sha2::{Digest, Sha256};
 
@@ -73,10 +74,25 @@ fn kernel_config_settings() -> String {
 /// without package versions: lets a cached image be found when apt's index cannot be
 /// read.
 pub fn recipe_key(flavour: KernelFlavour, port_writer: &[u8]) -> String {
+    recipe_key_with_tools(flavour, port_writer, crate::guest_tools::TOOLS)
+}
+
+fn recipe_key_with_tools(
+    flavour: KernelFlavour,
+    port_writer: &[u8],
+    tools: &[crate::guest_tools::GuestTool],
+) -> String {
     let mut h = KeyHasher::new("recipe");
     h.part(flavour.name().as_bytes())
         .part(INIT.as_bytes())
         .part(port_writer);
+    for tool in tools {
+        h.part(tool.guest_path.as_bytes())
+            .part(tool.source.as_bytes());
+    }
+    for flag in crate::guest_tools::GCC_FLAGS {
+        h.part(flag.as_bytes());
+    }
     if flavour == KernelFlavour::Minimal {
         h.part(kernel_config_settings().as_bytes())
             .part(BUILD_KERNEL_SH.as_bytes());
@@ -147,6 +163,24 @@ mod tests {
         assert_ne!(
             minimal_kernel_key(&package("1")),
             minimal_kernel_key(&package("2"))
+        );
+    }
+
+    #[test]
+    fn a_guest_tool_changes_the_image_key_only() {
+        use crate::guest_tools::{GuestTool, TOOLS};
+        let edited = [GuestTool {
+            source: "int edited;",
+            ..TOOLS[0]
+        }];
+        let flavour = KernelFlavour::Minimal;
+        assert_eq!(
+            recipe_key(flavour, b"elf"),
+            recipe_key_with_tools(flavour, b"elf", TOOLS)
+        );
+        assert_ne!(
+            recipe_key(flavour, b"elf"),
+            recipe_key_with_tools(flavour, b"elf", &edited)
         );
     }
 

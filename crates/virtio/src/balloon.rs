@@ -26,6 +26,32 @@ const PFN_SHIFT: u32 = 12;
 const PAGE_SIZE: u64 = 1 << PFN_SHIFT;
 pub const QUEUE_SIZE: u16 = 128;
 const CONFIG_LEN: usize = 16;
+/// The most statistics entries kept from one buffer (the spec defines 16 tags so far).
+pub const MAX_STATS: usize = 64;
+
+/// The name of a statistics tag (VIRTIO_BALLOON_S_*, virtio 1.2 §5.5.6.3), or `None` for a
+/// tag this device does not know (newer drivers send more).
+pub fn stat_name(tag: u16) -> Option<&'static str> {
+    Some(match tag {
+        0 => "swap_in",
+        1 => "swap_out",
+        2 => "major_faults",
+        3 => "minor_faults",
+        4 => "free_memory",
+        5 => "total_memory",
+        6 => "available_memory",
+        7 => "disk_caches",
+        8 => "hugetlb_allocations",
+        9 => "hugetlb_failures",
+        10 => "oom_kills",
+        11 => "alloc_stalls",
+        12 => "async_scans",
+        13 => "direct_scans",
+        14 => "async_reclaims",
+        15 => "direct_reclaims",
+        _ => return None,
+    })
+}
 
 /// Balloon options.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,7 +197,7 @@ impl Balloon {
         while let Ok(10) = r.read(&mut entry) {
             let tag = u16::from_le_bytes([entry[0], entry[1]]);
             let val = u64::from_le_bytes(entry[2..10].try_into().unwrap_or_default());
-            if stats.len() < 64 {
+            if stats.len() < MAX_STATS {
                 stats.push((tag, val));
             }
         }
@@ -416,5 +442,125 @@ mod tests {
         assert_eq!(d.read_mem(0x30_0000, 8192), vec![0u8; 8192]);
         assert_eq!(h.state().reported_pages, 2);
         d.assert_changes_reported(&before);
+    }
+
+    /// Writes a statistics buffer of `entries` into guest memory; returns its address and length.
+    fn stats_buffer(d: &mut TestDriver, entries: &[(u16, u64)], tail: &[u8]) -> (u64, u32) {
+        let mut s = Vec::new();
+        for (tag, val) in entries {
+            s.extend(tag.to_le_bytes());
+            s.extend(val.to_le_bytes());
+        }
+        s.extend_from_slice(tail);
+        let buf = d.alloc(s.len() as u64);
+        d.write_mem(buf, &s);
+        (buf, s.len() as u32)
+    }
+
+    fn wait_stats(h: &BalloonHandle, want: impl Fn(&[(u16, u64)]) -> bool) -> Vec<(u16, u64)> {
+        let t0 = std::time::Instant::now();
+        loop {
+            let s = h.state().stats;
+            if want(&s) {
+                return s;
+            }
+            assert!(t0.elapsed().as_secs() < 5, "stats never matched: {s:?}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn stats_buffers_are_held_replaced_bounded_and_returned_on_request() {
+        let (mut d, h) = setup(BalloonConfig::default());
+        // Asking before the driver has left a buffer completes nothing.
+        h.request_stats();
+        d.settle();
+        assert_eq!(d.read32(VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+
+        // A truncated trailing entry is ignored; the whole ones are taken.
+        let (a, alen) = stats_buffer(&mut d, &[(4, 1), (5, 2)], &[7, 0, 9]);
+        let first = d.add_chain(2, &[r(a, alen)]);
+        d.kick(2);
+        wait_stats(&h, |s| s == [(4, 1), (5, 2)]);
+
+        // A second buffer while one is held: the first comes back, the new numbers count.
+        let (b, blen) = stats_buffer(&mut d, &[(6, 3)], &[]);
+        let second = d.add_chain(2, &[r(b, blen)]);
+        d.kick(2);
+        assert_eq!(d.wait_used(2), Some((first.into(), 0)));
+        wait_stats(&h, |s| s == [(6, 3)]);
+
+        // A buffer with more entries than the device keeps: only MAX_STATS are stored.
+        h.request_stats();
+        assert_eq!(d.wait_used(2), Some((second.into(), 0)));
+        let many: Vec<(u16, u64)> = (0..MAX_STATS as u16 + 10).map(|t| (t, 1)).collect();
+        let (c, clen) = stats_buffer(&mut d, &many, &[]);
+        d.add_chain(2, &[r(c, clen)]);
+        d.kick(2);
+        let s = wait_stats(&h, |s| s.len() == MAX_STATS);
+        assert_eq!(s[..], many[..MAX_STATS]);
+    }
+
+    #[test]
+    fn without_the_stats_queue_the_third_queue_reports_free_pages() {
+        let (b, h) = Balloon::new(BalloonConfig {
+            deflate_on_oom: false,
+            free_page_reporting: true,
+        })
+        .unwrap();
+        let mut d = TestDriver::new(Box::new(b));
+        // A driver that does not take VIRTIO_BALLOON_F_STATS_VQ: queues are numbered
+        // inflate, deflate, reporting.
+        d.init(1 << VIRTIO_BALLOON_F_REPORTING, 3, 16);
+        d.write_mem(0x30_0000, &[0x77; 4096]);
+        let head = d.add_chain(2, &[w(0x30_0000, 4096)]);
+        d.kick(2);
+        assert_eq!(d.wait_used(2), Some((head.into(), 0)));
+        assert_eq!(d.read_mem(0x30_0000, 4096), vec![0u8; 4096]);
+        assert_eq!(h.state().reported_pages, 1);
+        assert!(h.state().stats.is_empty());
+    }
+
+    #[test]
+    fn deflate_on_oom_lets_the_guest_take_pages_back_below_the_target() {
+        let (mut d, h) = setup(BalloonConfig {
+            deflate_on_oom: true,
+            free_page_reporting: false,
+        });
+        h.set_target_pages(4);
+        assert_eq!(d.take_interrupt(), VIRTIO_MMIO_INT_CONFIG);
+        // The guest inflates to the target...
+        let pfns: Vec<u8> = (0x300u32..0x304).flat_map(|p| p.to_le_bytes()).collect();
+        let list = d.alloc(16);
+        d.write_mem(list, &pfns);
+        assert_eq!(d.request(0, &[r(list, 16)]), 0);
+        d.write32(VIRTIO_MMIO_CONFIG + 4, 4);
+        assert_eq!(h.state().inflated_pages, 4);
+        // ...then, short of memory, deflates three pages on its own and says so.
+        assert_eq!(d.request(1, &[r(list, 12)]), 0);
+        d.write32(VIRTIO_MMIO_CONFIG + 4, 1);
+        let s = h.state();
+        assert_eq!(
+            (s.target_pages, s.actual_pages, s.deflated_pages),
+            (4, 1, 3)
+        );
+        // The host does not insist: no new request, and the pages are the guest's again.
+        assert_eq!(d.read32(VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        assert_eq!(d.read32(VIRTIO_MMIO_CONFIG), 4, "the target stands");
+        d.write_mem(0x30_1000, &[9; 64]);
+        assert_eq!(d.read_mem(0x30_1000, 64), vec![9u8; 64]);
+        // A deflate list with a PFN outside RAM is counted but harms nothing.
+        let bad = d.alloc(4);
+        d.write_mem(bad, &0x00ff_ffffu32.to_le_bytes());
+        assert_eq!(d.request(1, &[r(bad, 4)]), 0);
+        assert_eq!(h.state().deflated_pages, 4);
+    }
+
+    #[test]
+    fn stat_names_follow_the_spec() {
+        assert_eq!(stat_name(4), Some("free_memory"));
+        assert_eq!(stat_name(5), Some("total_memory"));
+        assert_eq!(stat_name(6), Some("available_memory"));
+        assert_eq!(stat_name(99), None);
     }
 }

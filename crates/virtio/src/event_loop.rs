@@ -13,6 +13,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::device::DeviceEvent;
+use crate::interrupt::VirtioInterrupt;
 use crate::transport::core::{lock_core, VirtioCore};
 use crate::transport::VirtioTransport;
 
@@ -26,6 +27,10 @@ enum Source {
     Extra {
         core: Arc<Mutex<VirtioCore>>,
         index: usize,
+    },
+    Resample {
+        fd: EventFd,
+        irq: Arc<VirtioInterrupt>,
     },
 }
 
@@ -82,6 +87,17 @@ impl EventLoop {
         Ok(())
     }
 
+    /// Watch `resample`, which the engine signals after lowering `irq`'s line at the guest's
+    /// EOI (a KVM irqfd with resampling), and raise the line again while it is still due.
+    pub fn add_resample(
+        &mut self,
+        resample: EventFd,
+        irq: Arc<VirtioInterrupt>,
+    ) -> std::io::Result<()> {
+        let fd = resample.as_raw_fd();
+        self.watch(fd, EventSet::IN, Source::Resample { fd: resample, irq })
+    }
+
     /// Start the loop on its own thread.
     pub fn spawn(self) -> std::io::Result<EventLoopHandle> {
         let stop = self.stop.try_clone()?;
@@ -117,6 +133,10 @@ impl EventLoop {
                     }
                     Some(Source::Extra { core, index }) => {
                         lock_core(core).handle_event(DeviceEvent::Extra(*index));
+                    }
+                    Some(Source::Resample { fd, irq }) => {
+                        let _ = fd.read();
+                        irq.resample();
                     }
                 }
             }

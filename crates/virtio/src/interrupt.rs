@@ -96,10 +96,74 @@ impl VirtioInterrupt {
         self.ack(u32::MAX);
     }
 
+    /// The engine lowered the line at the guest's EOI (a KVM irqfd with resampling): raise
+    /// it again if InterruptStatus still has bits the driver has not acknowledged.
+    pub fn resample(&self) {
+        let s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if *s != 0 {
+            self.sink.set_level(self.gsi, true);
+        }
+    }
+
     /// Restore InterruptStatus from a snapshot, driving the line to match.
     pub fn restore(&self, status: u32) {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         *s = status & (VIRTIO_MMIO_INT_VRING | VIRTIO_MMIO_INT_CONFIG);
         self.sink.set_level(self.gsi, *s != 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use devices::InterruptSink;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    use super::VirtioInterrupt;
+    use crate::EventLoop;
+
+    /// Records every line change.
+    #[derive(Default)]
+    struct Lines(Mutex<Vec<(u32, bool)>>);
+
+    impl InterruptSink for Lines {
+        fn set_level(&self, gsi: u32, level: bool) {
+            self.0.lock().unwrap().push((gsi, level));
+        }
+    }
+
+    #[test]
+    fn resample_raises_the_line_again_only_while_status_is_pending() {
+        let lines = Arc::new(Lines::default());
+        let irq = VirtioInterrupt::new(lines.clone(), 5);
+        irq.resample();
+        assert!(lines.0.lock().unwrap().is_empty(), "nothing pending");
+        irq.signal_used_queue();
+        irq.resample();
+        assert_eq!(*lines.0.lock().unwrap(), vec![(5, true), (5, true)]);
+        irq.ack(1);
+        irq.resample();
+        assert_eq!(lines.0.lock().unwrap().last(), Some(&(5, false)));
+    }
+
+    #[test]
+    fn the_event_loop_resamples_when_the_engine_signals() {
+        let lines = Arc::new(Lines::default());
+        let irq = Arc::new(VirtioInterrupt::new(lines.clone(), 7));
+        irq.signal_used_queue();
+        let resample = EventFd::new(EFD_NONBLOCK).unwrap();
+        let signal = resample.try_clone().unwrap();
+        let mut event_loop = EventLoop::new().unwrap();
+        event_loop.add_resample(resample, irq.clone()).unwrap();
+        let _running = event_loop.spawn().unwrap();
+        signal.write(1).unwrap();
+        let start = Instant::now();
+        while lines.0.lock().unwrap().len() < 2 {
+            assert!(start.elapsed() < Duration::from_secs(10), "no resample");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(*lines.0.lock().unwrap(), vec![(7, true), (7, true)]);
     }
 }

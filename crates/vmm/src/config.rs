@@ -39,6 +39,29 @@ impl FromStr for EngineChoice {
     }
 }
 
+/// How virtio devices are attached to the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirtioTransport {
+    /// virtio-mmio windows described in the ACPI DSDT (the smallest boot path).
+    #[default]
+    Mmio,
+    /// virtio-pci (modern) functions behind a PCI host bridge, with MSI-X where the engine
+    /// delivers MSIs and INTx otherwise: what stock distribution kernels look for.
+    Pci,
+}
+
+impl FromStr for VirtioTransport {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mmio" => Ok(VirtioTransport::Mmio),
+            "pci" => Ok(VirtioTransport::Pci),
+            _ => Err(ConfigError::VirtioTransport(s.to_string())),
+        }
+    }
+}
+
 /// Where the guest's serial console (COM1) goes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind", content = "path")]
@@ -135,6 +158,10 @@ pub struct VmConfig {
     /// A virtio-vsock device whose host side is a Unix socket.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// A virtio-console device (the guest's /dev/hvc0) and where its host side goes:
+    /// null, file:PATH or socket:PATH (stdio belongs to the serial console).
+    #[serde(default)]
+    pub virtio_console: Option<SerialConfig>,
     /// A virtio-rng device fed by the host's getrandom.
     #[serde(default)]
     pub rng: bool,
@@ -144,6 +171,9 @@ pub struct VmConfig {
     /// How much memory the balloon takes from the guest at start (needs `balloon`).
     #[serde(default)]
     pub balloon_target: Option<MemorySize>,
+    /// How the virtio devices are attached (virtio-mmio or virtio-pci).
+    #[serde(default)]
+    pub virtio_transport: VirtioTransport,
 }
 
 /// At most this many virtio devices: one free ISA interrupt line each.
@@ -170,9 +200,11 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            virtio_console: None,
             rng: false,
             balloon: None,
             balloon_target: None,
+            virtio_transport: VirtioTransport::Mmio,
         }
     }
 
@@ -181,6 +213,7 @@ impl VmConfig {
         self.disks.len()
             + self.nets.len()
             + usize::from(self.vsock.is_some())
+            + usize::from(self.virtio_console.is_some())
             + usize::from(self.rng)
             + usize::from(self.balloon.is_some())
     }
@@ -210,6 +243,9 @@ impl VmConfig {
             if t.0 >= self.memory.0 {
                 return Err(ConfigError::BalloonTargetTooLarge(t, self.memory));
             }
+        }
+        if self.virtio_console == Some(SerialConfig::Stdio) {
+            return Err(ConfigError::VirtioConsoleStdio);
         }
         let n = self.virtio_device_count();
         if n > MAX_VIRTIO_DEVICES {
@@ -248,6 +284,8 @@ fn check_readable(path: &std::path::Path, what: &'static str) -> Result<(), Conf
 pub enum ConfigError {
     #[error("unknown engine {0:?}: use auto, kvm or sw")]
     Engine(String),
+    #[error("unknown virtio transport {0:?}: use mmio or pci")]
+    VirtioTransport(String),
     #[error("bad serial backend {0:?}: use stdio, null, file:PATH or socket:PATH")]
     Serial(String),
     #[error("bad memory size {0:?}: use a number with an optional K, M, G or T suffix, e.g. 512M")]
@@ -262,6 +300,8 @@ pub enum ConfigError {
     TooManyDevices(usize),
     #[error("a balloon target needs a balloon device")]
     BalloonTargetWithoutBalloon,
+    #[error("the virtio console cannot use stdio (the serial console does): use null, file:PATH or socket:PATH")]
+    VirtioConsoleStdio,
     #[error("balloon target {0} must be less than the guest's memory {1}")]
     BalloonTargetTooLarge(MemorySize, MemorySize),
     #[error("{0} vCPUs requested: use 1 to 64")]
@@ -291,6 +331,25 @@ mod tests {
         assert!("M".parse::<MemorySize>().is_err());
         assert!("99999999999T".parse::<MemorySize>().is_err());
         assert_eq!(MemorySize(512 << 20).to_string(), "512M");
+    }
+
+    #[test]
+    fn virtio_transport_parses_and_defaults_to_mmio() {
+        assert_eq!(
+            "pci".parse::<VirtioTransport>().unwrap(),
+            VirtioTransport::Pci
+        );
+        assert_eq!(
+            "mmio".parse::<VirtioTransport>().unwrap(),
+            VirtioTransport::Mmio
+        );
+        let e = "isa".parse::<VirtioTransport>().unwrap_err().to_string();
+        assert!(e.contains("use mmio or pci"), "{e}");
+        assert_eq!(VirtioTransport::default(), VirtioTransport::Mmio);
+        assert_eq!(
+            VmConfig::new("/k".into()).virtio_transport,
+            VirtioTransport::Mmio
+        );
     }
 
     #[test]
@@ -338,5 +397,15 @@ mod tests {
             .map(|i| format!("tap=t{i}").parse().unwrap())
             .collect();
         assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(8))));
+    }
+
+    #[test]
+    fn the_virtio_console_cannot_take_stdio() {
+        let mut c = VmConfig::new(std::env::current_exe().unwrap());
+        c.virtio_console = Some(SerialConfig::Stdio);
+        assert!(matches!(c.validate(), Err(ConfigError::VirtioConsoleStdio)));
+        c.virtio_console = Some("file:/tmp/hvc0.log".parse().unwrap());
+        assert!(c.validate().is_ok());
+        assert_eq!(c.virtio_device_count(), 1);
     }
 }

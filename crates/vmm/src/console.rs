@@ -1,5 +1,6 @@
-//! The host side of the guest's serial console: where its output goes and where its input
-//! comes from, per `--serial stdio|file:PATH|socket:PATH|null`.
+//! The host side of the guest's consoles: where the output of the serial console (COM1)
+//! goes and where its input comes from, per `--serial stdio|file:PATH|socket:PATH|null`;
+//! the same backends (but stdio) serve the virtio console (hvc0, `--virtio-console`).
 //!
 //! Input is read on its own thread and handed to a `deliver` function that blocks until
 //! the UART has taken the bytes, so nothing typed or piped is dropped when the guest
@@ -199,6 +200,9 @@ fn bind_socket(path: &Path) -> Result<UnixListener, ConsoleError> {
     })
 }
 
+/// How long a console write may wait for a socket client that does not read.
+const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Accepts one client at a time; its input goes to the guest.
 fn socket_loop(listener: UnixListener, shared: Arc<SocketConsole>, deliver: Deliver) {
     for stream in listener.incoming() {
@@ -206,6 +210,15 @@ fn socket_loop(listener: UnixListener, shared: Arc<SocketConsole>, deliver: Deli
         let Ok(writer) = stream.try_clone() else {
             continue;
         };
+        // Output is written on the thread that produces it (a vCPU for the UART, the
+        // virtio event loop for hvc0): a client that stops reading is dropped instead of
+        // stalling the guest.
+        if writer
+            .set_write_timeout(Some(CLIENT_WRITE_TIMEOUT))
+            .is_err()
+        {
+            continue;
+        }
         *shared.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
         let mut buf = [0u8; 256];
         loop {
@@ -216,6 +229,55 @@ fn socket_loop(listener: UnixListener, shared: Arc<SocketConsole>, deliver: Deli
         }
         *shared.client.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
+}
+
+/// The host side of the guest's virtio console (hvc0) while the VM runs: keeps the
+/// backend open (and its socket file until dropped) and feeds its input to the device.
+pub struct VirtioConsoleBackend {
+    _console: Console,
+    /// The only strong reference: the input thread stops delivering once this is gone.
+    _input: Arc<virtio::console::ConsoleInput>,
+}
+
+/// How long input waits while the guest's hvc0 input buffer is full.
+const HVC_INPUT_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Opens the virtio console's backend `cfg` and creates the device that talks to it.
+/// `stdio` is refused: the serial console owns the terminal.
+pub fn open_virtio_console(
+    cfg: &SerialConfig,
+) -> Result<(virtio::console::Console, VirtioConsoleBackend), ConsoleError> {
+    if *cfg == SerialConfig::Stdio {
+        return Err(ConsoleError::VirtioConsoleStdio);
+    }
+    let mut console = Console::open(cfg)?;
+    let (device, input) =
+        virtio::console::Console::new(console.take_output()).map_err(ConsoleError::Device)?;
+    let input = Arc::new(input);
+    let weak = Arc::downgrade(&input);
+    // Blocks the backend's input thread while the guest does not read, as the serial
+    // console does, so pasted or piped input is not dropped.
+    let deliver: Deliver = Arc::new(move |mut bytes: &[u8]| {
+        while !bytes.is_empty() {
+            let Some(input) = weak.upgrade() else { return };
+            let n = input.send(bytes);
+            bytes = &bytes[n..];
+            if n == 0 {
+                std::thread::sleep(HVC_INPUT_RETRY);
+            }
+        }
+    });
+    // Only the stdio backend reports a quit to the outcome, and it is refused above.
+    console
+        .start_input(deliver, Arc::new(Outcome::new()), None)
+        .map_err(ConsoleError::Device)?;
+    Ok((
+        device,
+        VirtioConsoleBackend {
+            _console: console,
+            _input: input,
+        },
+    ))
 }
 
 /// Unbuffered stdout: each UART byte appears immediately.
@@ -251,6 +313,10 @@ pub enum ConsoleError {
     },
     #[error("serial socket {} is in use or is not a socket: choose another path", .0.display())]
     SocketInUse(PathBuf),
+    #[error("the virtio console cannot use stdio (the serial console does): use null, file:PATH or socket:PATH")]
+    VirtioConsoleStdio,
+    #[error("cannot create the virtio console: {0}")]
+    Device(#[source] io::Error),
 }
 
 #[cfg(test)]
@@ -265,6 +331,56 @@ mod tests {
         let mut c = Console::open(&SerialConfig::File(path.clone())).unwrap();
         c.take_output().write_all(b"hello\n").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_virtio_console_refuses_stdio_and_opens_a_file() {
+        assert!(matches!(
+            open_virtio_console(&SerialConfig::Stdio),
+            Err(ConsoleError::VirtioConsoleStdio)
+        ));
+        let dir = std::env::temp_dir().join(format!("wirt-hvc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("hvc0.log");
+        let (device, backend) = open_virtio_console(&SerialConfig::File(path.clone())).unwrap();
+        use virtio::VirtioDevice;
+        assert_eq!(device.device_type(), 3, "a virtio console");
+        assert!(path.exists(), "the output file is created at start");
+        drop((device, backend));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_socket_client_that_does_not_read_is_dropped_not_waited_for() {
+        let dir = std::env::temp_dir().join(format!("wirt-stall-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("console.sock");
+        let mut c = Console::open(&SerialConfig::Socket(path.clone())).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let deliver: Deliver = Arc::new(move |_: &[u8]| {
+            let _ = tx.lock().unwrap().send(());
+        });
+        c.start_input(deliver, Arc::new(Outcome::new()), None)
+            .unwrap();
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"x").unwrap();
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("the client is the console");
+        // The client never reads: far more output than a socket buffer holds.
+        let mut out = c.take_output();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..256 {
+                out.write_all(&[b'o'; 32 * 1024]).unwrap();
+            }
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("output does not wait for a client that stopped reading");
+        drop((client, c));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use arch::layout;
 use devices::legacy::{
-    BootTimer, Bus, BusDevice, BusError, DebugExit, Pm1Control, Pm1Event, PmTimer, PortSink,
-    ResetControl, Rtc, Serial, SerialError, VmControl, I8042,
+    BootTimer, Bus, BusDevice, BusError, DebugExit, PciConfigPorts, Pm1Control, Pm1Event, PmTimer,
+    PortSink, ResetControl, Rtc, Serial, SerialError, VmControl, I8042,
 };
 use devices::InterruptSink;
 use hypervisor::IoHandler;
@@ -18,7 +18,7 @@ use hypervisor::IoHandler;
 /// All devices of one VM and the buses that reach them.
 pub struct DeviceManager {
     pio: Bus,
-    mmio: Bus,
+    mmio: Arc<Bus>,
     pub control: Arc<VmControl>,
     pub serial: Arc<Serial>,
     pub boot_timer: Arc<BootTimer>,
@@ -27,8 +27,11 @@ pub struct DeviceManager {
 }
 
 impl DeviceManager {
-    /// Builds the legacy platform: COM1, i8042, CMOS RTC, ACPI PM block and reset register,
-    /// debug-exit and boot-timer ports, and a sink for the POST-code port.
+    /// Builds the legacy platform: COM1, i8042, CMOS RTC, ACPI PM block, the PCI
+    /// configuration ports with the reset register inside them, debug-exit and boot-timer
+    /// ports, and a sink for the POST-code port. The configuration ports reach whatever PCI
+    /// host bridge is later placed at `layout::PCI_ECAM_START` (see `virtio_devices`);
+    /// without one, configuration reads float to all ones as on a board with no PCI bus.
     pub fn new(
         serial_out: Box<dyn Write + Send>,
         irq: Arc<dyn InterruptSink>,
@@ -39,7 +42,7 @@ impl DeviceManager {
         let serial = Arc::new(Serial::new(serial_out, irq.clone(), layout::COM1_IRQ)?);
         let boot_timer = Arc::new(BootTimer::new(start, control.clone()));
         let pio = Bus::new();
-        let mmio = Bus::new();
+        let mmio = Arc::new(Bus::new());
         let place =
             |dev: Arc<dyn BusDevice>, base: u16, len: u64| pio.insert(dev, u64::from(base), len);
         place(serial.clone(), layout::COM1, 8)?;
@@ -77,10 +80,17 @@ impl DeviceManager {
             layout::ACPI_PM_TMR,
             u64::from(layout::ACPI_PM_TMR_LEN),
         )?;
+        // 0xcf9 lies inside the CONFIG_ADDRESS dword: one device owns 0xcf8..0xd00.
+        const _: () = assert!(layout::RESET_CONTROL == layout::PCI_CONFIG_PORTS + 1);
         place(
-            Arc::new(ResetControl::new(control.clone())),
-            layout::RESET_CONTROL,
-            1,
+            Arc::new(PciConfigPorts::new(
+                Arc::new(ResetControl::new(control.clone())),
+                mmio.clone(),
+                layout::PCI_ECAM_START,
+                layout::PCI_ECAM_BUSES,
+            )),
+            layout::PCI_CONFIG_PORTS,
+            u64::from(layout::PCI_CONFIG_PORTS_LEN),
         )?;
         place(Arc::new(PortSink::new(0xff)), layout::POST_CODE, 1)?;
         Ok(DeviceManager {
@@ -93,8 +103,8 @@ impl DeviceManager {
         })
     }
 
-    /// The MMIO bus (virtio transports go here).
-    pub fn mmio_bus(&self) -> &Bus {
+    /// The MMIO bus (virtio transports, the PCI host bridge's ECAM window and BARs go here).
+    pub fn mmio_bus(&self) -> &Arc<Bus> {
         &self.mmio
     }
 

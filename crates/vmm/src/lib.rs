@@ -8,6 +8,7 @@
 pub mod config;
 pub mod console;
 pub mod devices;
+pub mod fast_notify;
 pub mod outcome;
 pub mod pause;
 pub mod stats;

@@ -10,6 +10,8 @@ pub struct VmStats {
     pub exits: Vec<(ExitReason, u64)>,
     pub instructions: u64,
     pub elapsed: Duration,
+    /// Time from start to the guest's first boot-timer write (the default guest's "ready").
+    pub ready: Option<Duration>,
 }
 
 impl VmStats {
@@ -24,6 +26,7 @@ impl VmStats {
             exits,
             instructions,
             elapsed,
+            ready: None,
         }
     }
 

@@ -1,28 +1,44 @@
-//! Creates the VM's virtio devices from its config, puts each behind a virtio-mmio
-//! transport on the MMIO bus, describes them in the ACPI DSDT (so both the stock and the
-//! minimal kernel find them), and starts the event loop that runs their back ends.
+//! Creates the VM's virtio devices from its config, puts each behind the transport the
+//! config chooses, describes them in the ACPI tables (so both the stock and the minimal
+//! kernel find them), and starts the event loop that runs their back ends.
 //!
-//! Layout: device `i` gets the 4 KiB page at `MMIO_DEVICES_START + i * 0x1000` and the
-//! `i`-th free ISA interrupt line.
+//! virtio-mmio: device `i` gets the 4 KiB page at `MMIO_DEVICES_START + i * 0x1000` and the
+//! `i`-th free ISA interrupt line; each is a DSDT device. Where the engine offers them (KVM),
+//! queue kicks are ioeventfds and the line is an irqfd (see `fast_notify.rs`).
+//!
+//! virtio-pci: a host bridge whose ECAM window sits at `PCI_ECAM_START` (the chipset's
+//! 0xcf8/0xcfc ports reach it too, see `devices.rs`); device `i` is the function in slot
+//! `i + 1`, its INTA# the GSI `pci_intx_gsi(slot, 0)` (all different for up to eight
+//! devices, so no line is shared), and it offers MSI-X when the engine delivers MSIs. The
+//! guest places the BARs in the bridge's window; the DSDT gets `PCI0` and the MCFG table.
 
 use std::sync::Arc;
 
-use arch::acpi::DsdtDevice;
-use arch::layout::MMIO_DEVICES_START;
+use arch::acpi::{DsdtDevice, PciHostBridge};
+use arch::layout::{
+    pci_intx_gsi, MMIO_DEVICES_START, PCI_ECAM_BUSES, PCI_ECAM_SIZE, PCI_ECAM_START,
+    PCI_INTX_GSI_COUNT, PCI_MMIO_SIZE, PCI_MMIO_START,
+};
 use devices::legacy::{Bus, BusError};
 use devices::InterruptSink;
+use hypervisor::Vm;
 use virtio::balloon::{Balloon, BalloonHandle};
 use virtio::block::{Block, BlockError};
 use virtio::net::tap::TapError;
 use virtio::net::Net;
 use virtio::rng::Rng;
+use virtio::transport::pci::msix::engine_msi;
+use virtio::transport::pci::root::{PciError, PciRoot};
+use virtio::transport::pci::PciTransport;
 use virtio::vsock::{Vsock, VsockError};
 use virtio::{
     EventLoop, EventLoopHandle, GuestRam, GuestWriteNotifier, MmioTransport, VirtioDevice,
+    VirtioTransport as _,
 };
 use vm_memory::GuestMemoryMmap;
 
-use crate::config::VmConfig;
+use crate::config::{VirtioTransport, VmConfig};
+use crate::fast_notify::{self, FastNotifyError};
 
 /// ISA interrupt lines no legacy device uses (COM1 4, i8042 1/12, RTC 8, SCI 9, PIT 0).
 const FREE_ISA_IRQS: [u32; 7] = [5, 6, 7, 10, 11, 14, 15];
@@ -37,15 +53,19 @@ pub struct VirtioDevices {
     pub event_loop: Option<EventLoopHandle>,
     /// Controls the balloon, if the VM has one.
     pub balloon: Option<BalloonHandle>,
+    /// The host side of the virtio console (hvc0), if the VM has one.
+    pub console: Option<crate::console::VirtioConsoleBackend>,
 }
 
-/// Creates every virtio device `cfg` asks for and places it on `mmio`.
+/// Creates every virtio device `cfg` asks for and places it on `mmio`, directly or behind
+/// a PCI host bridge. `engine`, when given, is asked for ioeventfds and irqfds.
 pub fn attach(
     cfg: &VmConfig,
-    mmio: &Bus,
+    mmio: &Arc<Bus>,
     mem: Arc<GuestMemoryMmap>,
     irq: Arc<dyn InterruptSink>,
     notify: GuestWriteNotifier,
+    engine: Option<&dyn Vm>,
 ) -> Result<VirtioDevices, VirtioSetupError> {
     let mut devs: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in &cfg.disks {
@@ -65,6 +85,12 @@ pub fn attach(
     if let Some(v) = &cfg.vsock {
         devs.push(Box::new(Vsock::new(v)?));
     }
+    let mut console = None;
+    if let Some(c) = &cfg.virtio_console {
+        let (dev, backend) = crate::console::open_virtio_console(c)?;
+        devs.push(Box::new(dev));
+        console = Some(backend);
+    }
     if cfg.rng {
         devs.push(Box::new(Rng::new()));
     }
@@ -79,18 +105,57 @@ pub fn attach(
             dsdt: Vec::new(),
             event_loop: None,
             balloon,
+            console,
         });
     }
-    if devs.len() > FREE_ISA_IRQS.len() {
-        return Err(VirtioSetupError::TooMany(devs.len()));
-    }
-
     let ram = GuestRam::new(mem, notify);
     let mut event_loop = EventLoop::new().map_err(VirtioSetupError::Io)?;
+    let dsdt = match cfg.virtio_transport {
+        VirtioTransport::Mmio => place_mmio(devs, &ram, mmio, &irq, engine, &mut event_loop)?,
+        VirtioTransport::Pci => place_pci(devs, &ram, mmio, &irq, &mut event_loop)?,
+    };
+    let handle = event_loop.spawn().map_err(VirtioSetupError::Io)?;
+    Ok(VirtioDevices {
+        dsdt,
+        event_loop: Some(handle),
+        balloon,
+        console,
+    })
+}
+
+/// Each device behind a virtio-mmio transport with its own ISA interrupt line.
+fn place_mmio(
+    devs: Vec<Box<dyn VirtioDevice>>,
+    ram: &GuestRam,
+    mmio: &Bus,
+    irq: &Arc<dyn InterruptSink>,
+    engine: Option<&dyn Vm>,
+    event_loop: &mut EventLoop,
+) -> Result<Vec<DsdtDevice>, VirtioSetupError> {
+    if devs.len() > FREE_ISA_IRQS.len() {
+        return Err(VirtioSetupError::TooMany(devs.len(), FREE_ISA_IRQS.len()));
+    }
     let mut dsdt = Vec::new();
     for (i, (dev, gsi)) in devs.into_iter().zip(FREE_ISA_IRQS).enumerate() {
         let base = MMIO_DEVICES_START + i as u64 * SLOT_SIZE;
-        let transport = Arc::new(MmioTransport::new(dev, ram.clone(), irq.clone(), gsi)?);
+        let irqfd = match engine {
+            Some(vm) => fast_notify::level_irqfd(vm, gsi)?,
+            None => None,
+        };
+        let line = irqfd
+            .as_ref()
+            .map_or_else(|| irq.clone(), |l| l.line.clone());
+        let transport = Arc::new(MmioTransport::new(dev, ram.clone(), line, gsi)?);
+        if let Some(vm) = engine {
+            let (_, kicks) = transport.shared();
+            let notify = base + MmioTransport::QUEUE_NOTIFY_OFFSET;
+            fast_notify::register_queue_kicks(vm, notify, &kicks)?;
+        }
+        if let Some(l) = irqfd {
+            event_loop
+                .add_resample(l.resample, transport.interrupt().clone())
+                .map_err(VirtioSetupError::Io)?;
+        }
         event_loop
             .add(transport.as_ref())
             .map_err(VirtioSetupError::Io)?;
@@ -102,12 +167,45 @@ pub fn attach(
             gsi,
         ));
     }
-    let handle = event_loop.spawn().map_err(VirtioSetupError::Io)?;
-    Ok(VirtioDevices {
-        dsdt,
-        event_loop: Some(handle),
-        balloon,
+    Ok(dsdt)
+}
+
+/// A PCI host bridge with each device as a virtio-pci function in its own slot.
+fn place_pci(
+    devs: Vec<Box<dyn VirtioDevice>>,
+    ram: &GuestRam,
+    mmio: &Arc<Bus>,
+    irq: &Arc<dyn InterruptSink>,
+    event_loop: &mut EventLoop,
+) -> Result<Vec<DsdtDevice>, VirtioSetupError> {
+    let max = PCI_INTX_GSI_COUNT as usize;
+    if devs.len() > max {
+        return Err(VirtioSetupError::TooMany(devs.len(), max));
+    }
+    let root = PciRoot::new(mmio);
+    mmio.insert(root.ecam(), PCI_ECAM_START, PCI_ECAM_SIZE)?;
+    let msi = engine_msi(irq);
+    for (slot, dev) in (1u8..).zip(devs) {
+        let gsi = pci_intx_gsi(slot, 0);
+        let transport = Arc::new(PciTransport::new(
+            dev,
+            ram.clone(),
+            msi.clone(),
+            irq.clone(),
+            gsi,
+        )?);
+        event_loop
+            .add(transport.as_ref())
+            .map_err(VirtioSetupError::Io)?;
+        root.add_at(slot, transport)?;
+    }
+    Ok(DsdtDevice::pci_host_bridge(PciHostBridge {
+        ecam_base: PCI_ECAM_START,
+        ecam_buses: PCI_ECAM_BUSES,
+        mmio_base: PCI_MMIO_START,
+        mmio_len: PCI_MMIO_SIZE,
     })
+    .to_vec())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,12 +224,94 @@ pub enum VirtioSetupError {
     },
     #[error("cannot set up virtio-vsock: {0}")]
     Vsock(#[from] VsockError),
+    #[error("cannot set up the virtio console: {0}")]
+    Console(#[from] crate::console::ConsoleError),
     #[error("cannot set up a virtio transport: {0}")]
     Transport(#[from] virtio::TransportError),
     #[error("cannot place a virtio device: {0}")]
     Bus(#[from] BusError),
-    #[error("{0} virtio devices: at most 7 fit the free interrupt lines")]
-    TooMany(usize),
+    #[error("cannot place a virtio-pci device: {0}")]
+    Pci(#[from] PciError),
+    #[error("{0} virtio devices: at most {1} fit the free interrupt lines")]
+    TooMany(usize, usize),
+    #[error("cannot connect a virtio device to the engine: {0}")]
+    FastNotify(#[from] FastNotifyError),
     #[error("virtio setup: {0}")]
     Io(#[source] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::interrupt::NullInterruptSink;
+    use devices::legacy::{BusDevice, PciConfigPorts, PortSink};
+    use vm_memory::GuestAddress;
+
+    fn attach_with(
+        transport: VirtioTransport,
+        disk: &std::path::Path,
+    ) -> (Arc<Bus>, VirtioDevices) {
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.disks
+            .push(format!("path={}", disk.display()).parse().unwrap());
+        cfg.rng = true;
+        cfg.virtio_transport = transport;
+        let mmio = Arc::new(Bus::new());
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let irq: Arc<dyn InterruptSink> = Arc::new(NullInterruptSink);
+        let v = attach(&cfg, &mmio, mem, irq, virtio::ignore_guest_writes(), None).unwrap();
+        (mmio, v)
+    }
+
+    fn scratch_disk(name: &str) -> std::path::PathBuf {
+        let p = std::env::temp_dir().join(format!("wirt-vd-{name}-{}.img", std::process::id()));
+        std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        p
+    }
+
+    #[test]
+    fn pci_puts_each_device_in_its_own_slot_behind_the_host_bridge() {
+        let disk = scratch_disk("pci");
+        let (mmio, v) = attach_with(VirtioTransport::Pci, &disk);
+        std::fs::remove_file(&disk).unwrap();
+        // Through the chipset's 0xcf8/0xcfc ports, as the minimal kernel probes.
+        let ports = PciConfigPorts::new(
+            Arc::new(PortSink::new(0)),
+            mmio.clone(),
+            PCI_ECAM_START,
+            PCI_ECAM_BUSES,
+        );
+        let cfg_read = |slot: u32, reg: u32| {
+            ports.write(0, &(0x8000_0000 | slot << 11 | reg).to_le_bytes());
+            let mut b = [0u8; 4];
+            ports.read(4, &mut b);
+            u32::from_le_bytes(b)
+        };
+        assert_eq!(cfg_read(0, 0), 0x0008_1b36, "host bridge in slot 0");
+        assert_eq!(cfg_read(1, 0), 0x1042_1af4, "virtio-blk in slot 1");
+        assert_eq!(cfg_read(2, 0), 0x1044_1af4, "virtio-rng in slot 2");
+        assert_eq!(cfg_read(3, 0), 0xffff_ffff, "slot 3 is empty");
+        // Interrupt line (0x3c) and pin INTA# (0x3d): the _PRT's GSIs.
+        assert_eq!(cfg_read(1, 0x3c) & 0xffff, 0x100 | pci_intx_gsi(1, 0));
+        assert_eq!(cfg_read(2, 0x3c) & 0xffff, 0x100 | pci_intx_gsi(2, 0));
+        let names: Vec<&str> = v.dsdt.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["PCI0", "PRES"]);
+        assert!(
+            mmio.resolve(MMIO_DEVICES_START).is_none(),
+            "no virtio-mmio windows"
+        );
+    }
+
+    #[test]
+    fn mmio_places_windows_and_no_host_bridge() {
+        let disk = scratch_disk("mmio");
+        let (mmio, v) = attach_with(VirtioTransport::Mmio, &disk);
+        std::fs::remove_file(&disk).unwrap();
+        assert!(mmio.resolve(MMIO_DEVICES_START).is_some());
+        assert!(mmio.resolve(MMIO_DEVICES_START + SLOT_SIZE).is_some());
+        assert!(mmio.resolve(PCI_ECAM_START).is_none());
+        assert_eq!(v.dsdt.len(), 2);
+        assert!(v.dsdt.iter().all(|d| d.hid == "LNRO0005"));
+    }
 }

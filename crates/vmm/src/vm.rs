@@ -83,17 +83,17 @@ impl RunningVm {
         )?);
 
         let notify_vm = vm.clone();
-        // Balloon pages are 4 KiB (virtio-balloon's unit, whatever the guest's page size).
         let virtio = virtio_devices::attach(
             cfg,
             devices.mmio_bus(),
             mem.clone(),
             vm.interrupt_sink(),
             Arc::new(move |gpa, len| notify_vm.note_guest_write(gpa, len)),
+            Some(vm.as_ref()),
         )?;
 
         if let (Some(b), Some(target)) = (&virtio.balloon, cfg.balloon_target) {
-            b.set_target_pages(u32::try_from(target.0 >> 12).unwrap_or(u32::MAX));
+            b.set_target_pages(balloon_pages(target.0));
         }
 
         let mut kernel = open(&cfg.kernel)?;
@@ -180,6 +180,18 @@ impl RunningVm {
         self.virtio.balloon.as_ref()
     }
 
+    /// Asks the guest to hold `bytes` (rounded down to whole 4 KiB pages) in the balloon;
+    /// the guest inflates or deflates in its own time. False if the VM has no balloon.
+    pub fn set_balloon_target(&self, bytes: u64) -> bool {
+        match &self.virtio.balloon {
+            Some(b) => {
+                b.set_target_pages(balloon_pages(bytes));
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn engine(&self) -> EngineKind {
         self.engine
     }
@@ -196,7 +208,10 @@ impl RunningVm {
 
     /// Exit counters and instructions so far.
     pub fn stats(&self) -> VmStats {
-        VmStats::collect(&self.counters, self.start.elapsed())
+        VmStats {
+            ready: self.ready_after(),
+            ..VmStats::collect(&self.counters, self.start.elapsed())
+        }
     }
 
     /// Time from start to the guest's first boot-timer write, if it made one yet.
@@ -293,6 +308,12 @@ impl Drop for RunningVm {
             self.stop_threads();
         }
     }
+}
+
+/// `bytes` as a number of 4 KiB balloon pages (virtio-balloon's unit, whatever the guest's
+/// page size), saturating at the field's limit.
+fn balloon_pages(bytes: u64) -> u32 {
+    u32::try_from(bytes >> 12).unwrap_or(u32::MAX)
 }
 
 fn open(path: &std::path::Path) -> Result<std::fs::File, VmmError> {

@@ -53,9 +53,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         disks: args.devices.disk,
         nets: args.devices.net,
         vsock: args.devices.vsock,
+        virtio_console: args.devices.virtio_console.map(|c| *c),
         rng: args.devices.rng,
         balloon_target: args.devices.balloon.as_ref().and_then(|b| b.1),
         balloon: args.devices.balloon.map(|b| b.0),
+        virtio_transport: args.devices.virtio_transport,
     };
     config.validate()?;
     let opts = RunOptions {

@@ -34,14 +34,15 @@ pub struct VmArgs {
 #[derive(Subcommand, Debug)]
 enum VmCommand {
     /// Define a VM (with the flags of `wirt run`); --start also starts it.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a VM in its own VMM process.
     Start { name: String },
     /// Pause all vCPUs of a VM.
     Pause { name: String },
     /// Resume a paused VM.
     Resume { name: String },
-    /// Ask the guest to power off; kill it if it has not after --timeout seconds.
+    /// Ask the guest to power off (press the ACPI power button, again every 5 s, since a
+    /// guest still booting may not listen yet); kill it if it has not after --timeout seconds.
     Stop {
         name: String,
         #[arg(long, default_value_t = 30, value_name = "SECS")]
@@ -59,6 +60,13 @@ enum VmCommand {
     Ls,
     /// Show a VM: state, engine, uptime, exit counters.
     Info { name: String },
+    /// Set how much memory the balloon takes from a running VM's guest (e.g. 64M; 0 gives
+    /// it all back). The guest inflates or deflates in its own time: watch `wirt vm info`.
+    Balloon {
+        name: String,
+        #[arg(value_name = "SIZE")]
+        target: MemorySize,
+    },
     /// Attach this terminal to a VM's serial console; Ctrl-A x detaches (the VM runs on).
     /// With stdin not a terminal, input is passed through and output is printed until the
     /// VM stops (or the command is interrupted).
@@ -164,6 +172,10 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
             if let Some(v) = a.devices.vsock {
                 spec["vsock"] = json!(v);
             }
+            if let Some(c) = &a.devices.virtio_console {
+                spec["virtio_console"] = json!(c);
+            }
+            spec["virtio_transport"] = json!(a.devices.virtio_transport);
             if let Some(BalloonSpec(cfg, target)) = a.devices.balloon {
                 spec["balloon"] = json!(cfg);
                 if let Some(t) = target {
@@ -207,14 +219,30 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
             }
         }
         VmCommand::Info { name } => show(&c.call("GET", &vm_path(&name, ""), None).await?),
+        VmCommand::Balloon { name, target } => {
+            let body = json!({ "target": target.0 });
+            let v = c
+                .call("PUT", &vm_path(&name, "balloon"), Some(&body))
+                .await?;
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}: balloon target {target}", str_of(&v["name"]));
+            }
+        }
         VmCommand::Console { name } => return console(c, &name).await,
     }
     Ok(0)
 }
 
+/// How often `stop` presses the power button again: a guest still booting has no one
+/// listening to the button yet, and a press nobody hears is lost.
+const REPRESS: Duration = Duration::from_secs(5);
+
 async fn stop(c: &Client, name: &str, timeout: u64, brief: &dyn Fn(&Value)) -> anyhow::Result<i32> {
     c.call("POST", &vm_path(name, "shutdown"), None).await?;
     let deadline = Instant::now() + Duration::from_secs(timeout);
+    let mut next_press = Instant::now() + REPRESS;
     loop {
         let v = c.call("GET", &vm_path(name, ""), None).await?;
         let state = str_of(&v["state"]);
@@ -230,6 +258,13 @@ async fn stop(c: &Client, name: &str, timeout: u64, brief: &dyn Fn(&Value)) -> a
                 Err(e) => return Err(e.into()),
             }
             return Ok(7);
+        }
+        if Instant::now() >= next_press {
+            next_press += REPRESS;
+            match c.call("POST", &vm_path(name, "shutdown"), None).await {
+                Ok(_) | Err(ClientError::Api { status: 409, .. }) => {} // 409: it stopped
+                Err(e) => return Err(e.into()),
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -345,6 +380,14 @@ fn memory(v: &Value) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A byte count for a person: `64M` when it is whole mebibytes, else `61.3M`.
+fn approx_memory(v: &Value) -> String {
+    match v.as_u64() {
+        Some(b) if !b.is_multiple_of(1 << 20) => format!("{:.1}M", b as f64 / f64::from(1 << 20)),
+        _ => memory(v),
+    }
+}
+
 /// `wirt vm ls`: one VM per line.
 fn list_table(v: &Value) -> String {
     let mut s = format!(
@@ -379,6 +422,30 @@ fn info_table(v: &Value) -> String {
     row("vcpus", v["vcpus"].as_u64().unwrap_or(0).to_string());
     row("memory", memory(&v["memory_bytes"]));
     row("uptime", human_ms(v["uptime_ms"].as_u64()));
+    if let Some(p) = v["vmm_pid"].as_u64() {
+        row("vmm pid", p.to_string());
+    }
+    let b = &v["balloon"];
+    if b.is_object() {
+        row(
+            "balloon",
+            format!(
+                "target {}, holds {}",
+                approx_memory(&b["target_bytes"]),
+                approx_memory(&b["actual_bytes"])
+            ),
+        );
+        let g = &b["guest_stats"];
+        for (key, name) in [
+            ("total_memory", "guest total"),
+            ("free_memory", "guest free"),
+            ("available_memory", "guest avail"),
+        ] {
+            if g[key].is_u64() {
+                row(name, approx_memory(&g[key]));
+            }
+        }
+    }
     row("kernel", str_of(&cfg["kernel"]).into());
     if let Some(i) = cfg["initrd"].as_str() {
         row("initrd", i.into());
@@ -442,6 +509,28 @@ mod tests {
             Some(BalloonSpec(BalloonConfig::default(), None))
         );
         assert!(Cli::try_parse_from(["wirt", "create", "a", "--disk", "readonly=on"]).is_err());
+    }
+
+    #[test]
+    fn balloon_takes_a_name_and_a_size_and_info_shows_the_balloon() {
+        let cli = Cli::try_parse_from(["wirt", "balloon", "a", "64M"]).unwrap();
+        let VmCommand::Balloon { name, target } = cli.vm.command else {
+            panic!("not balloon");
+        };
+        assert_eq!((name.as_str(), target), ("a", MemorySize(64 << 20)));
+        assert!(Cli::try_parse_from(["wirt", "balloon", "a", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["wirt", "balloon", "a"]).is_err());
+
+        let v = json!({"name": "a", "state": "running", "vmm_pid": 42, "config": {},
+            "balloon": {"target_bytes": 64 << 20, "actual_bytes": 3 << 19,
+                "guest_stats": {"total_memory": 200 << 20, "free_memory": 1_500_000}}});
+        let t = info_table(&v);
+        assert!(t.contains("vmm pid        42\n"), "{t}");
+        assert!(t.contains("balloon        target 64M, holds 1.5M\n"), "{t}");
+        assert!(t.contains("guest total    200M\n"), "{t}");
+        assert!(t.contains("guest free     1.4M\n"), "{t}");
+        assert!(!t.contains("guest avail"), "{t}");
+        assert!(!info_table(&json!({"name": "b"})).contains("balloon"));
     }
 
     #[test]

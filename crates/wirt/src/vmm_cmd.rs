@@ -136,6 +136,21 @@ fn handle(vm: &RunningVm, req: Request) -> ChildMsg {
         }
         Request::Info => ChildMsg::Info {
             stats: api::model::Stats::from(&vm.stats()),
+            balloon: vm.balloon().map(|b| {
+                let info = api::model::BalloonInfo::from(&b.state());
+                // The guest refreshes its statistics when asked: fresh ones for next time.
+                b.request_stats();
+                info
+            }),
         },
+        Request::Balloon { target_bytes } => {
+            if vm.set_balloon_target(target_bytes) {
+                ChildMsg::Ok
+            } else {
+                ChildMsg::Error {
+                    message: "this VM has no balloon".into(),
+                }
+            }
+        }
     }
 }

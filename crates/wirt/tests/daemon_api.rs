@@ -166,6 +166,17 @@ fn every_documented_path_answers_as_documented_and_bad_input_is_refused() {
         )
         .await;
 
+        // The balloon of an unknown VM (its other answers: tests/daemon_balloon.rs).
+        let (s, v) = c
+            .call(
+                "PUT",
+                "/v1/vms/{name}/balloon",
+                "/v1/vms/nope/balloon",
+                Some(bytes(&json!({"target": "16M"}))),
+            )
+            .await;
+        assert_eq!((s, v["code"].as_str()), (404, Some("vm_not_found")), "{v}");
+
         // A VM; a second of the same name is a conflict.
         let v = c.create(bytes(&spec("vm1", &spin)), 201, None).await;
         assert_eq!(v["state"], "created");

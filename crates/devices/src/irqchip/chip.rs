@@ -694,6 +694,14 @@ impl InterruptSink for SwIrqChip {
         lock(&self.ioapic).set_irq(pin, level, &mut out);
         self.route_all(&out);
     }
+
+    fn supports_msi(&self) -> bool {
+        true
+    }
+
+    fn send_msi(&self, addr: u64, data: u32) -> bool {
+        SwIrqChip::send_msi(self, addr, data)
+    }
 }
 
 #[cfg(test)]

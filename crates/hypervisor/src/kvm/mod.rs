@@ -11,6 +11,7 @@
 //! pick the software engine for guests PVM cannot run.
 
 pub mod cpuid;
+mod eventfds;
 mod fault;
 mod host;
 pub mod kick;

@@ -6,10 +6,16 @@
 //! Guest → host: a guest connection to host (CID 2) port P is connected to the Unix socket
 //! `<socket>_<P>`.
 //!
+//! Either side may half-close: a host stream at end of file becomes a SHUTDOWN (send) for
+//! the guest and the guest's reply still reaches the host; a guest SHUTDOWN (send) shuts
+//! down the host stream's write side once the guest's data is written to it. A
+//! connection ends with a reset when the guest closes it or the host stops reading.
+//!
 //! All host sockets are non-blocking and sit in the device's own epoll set, whose fd the
 //! event loop watches as the device's extra fd; credit-based flow control (buf_alloc /
 //! fwd_cnt) keeps the device from sending the guest more than it has room for.
 
+mod host_connect;
 pub mod packet;
 
 use std::collections::{HashMap, VecDeque};
@@ -47,6 +53,11 @@ pub enum VsockError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "vsock socket {} is in use or is not a socket: choose another path",
+        .0.display()
+    )]
+    InUse(PathBuf),
     #[error("vsock epoll: {0}")]
     Epoll(std::io::Error),
 }
@@ -65,8 +76,20 @@ struct Conn {
     token: u64,
     /// The host stream has (or may have) data to read.
     host_readable: bool,
+    /// The host stream reached end of file; the guest was told the host sends no more.
+    host_eof: bool,
+    /// The guest sends no more: shut down the host stream's write side once `to_host`
+    /// is written.
+    guest_eof: bool,
+    /// The guest closed the connection: once `to_host` is written, reset and forget it.
+    closing: bool,
+    /// The host stream's write side is shut down (done once: each shutdown is a new
+    /// epoll event, so repeating it would spin the event loop).
+    host_write_shut: bool,
     /// Guest data not yet written to the host stream.
     to_host: Vec<u8>,
+    /// Host data read but not yet sent to the guest (at most one packet's worth).
+    from_host: Vec<u8>,
     peer_buf_alloc: u32,
     peer_fwd_cnt: u32,
     /// Bytes sent to the guest.
@@ -84,7 +107,12 @@ impl Conn {
             state,
             token,
             host_readable: true,
+            host_eof: false,
+            guest_eof: false,
+            closing: false,
+            host_write_shut: false,
             to_host: Vec::new(),
+            from_host: Vec::new(),
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
             rx_cnt: 0,
@@ -99,18 +127,22 @@ impl Conn {
             .saturating_sub(self.rx_cnt.wrapping_sub(self.peer_fwd_cnt))
     }
 
-    fn flush_to_host(&mut self) {
+    /// Writes what the host stream takes of `to_host`. False if the stream is broken
+    /// (the host closed its reading side).
+    fn flush_to_host(&mut self) -> bool {
         while !self.to_host.is_empty() {
             match self.stream.write(&self.to_host) {
-                Ok(0) => break,
+                Ok(0) => return false,
                 Ok(n) => {
                     self.to_host.drain(..n);
                     self.fwd_cnt = self.fwd_cnt.wrapping_add(n as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
             }
         }
+        true
     }
 }
 
@@ -150,12 +182,22 @@ impl std::fmt::Debug for Vsock {
 
 impl Vsock {
     /// Listen on `cfg.socket` (replacing a stale socket file) for guest CID `cfg.cid`.
+    /// A path that is not a socket, or a socket in use, is refused.
     pub fn new(cfg: &VsockConfig) -> Result<Self, VsockError> {
         let listen_err = |source| VsockError::Listen {
             path: cfg.socket.clone(),
             source,
         };
         if cfg.socket.exists() {
+            // Only a stale socket is replaced: never another kind of file, nor a socket
+            // something still listens on.
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket = std::fs::symlink_metadata(&cfg.socket)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            if !is_socket || UnixStream::connect(&cfg.socket).is_ok() {
+                return Err(VsockError::InUse(cfg.socket.clone()));
+            }
             std::fs::remove_file(&cfg.socket).map_err(listen_err)?;
         }
         let listener = UnixListener::bind(&cfg.socket).map_err(listen_err)?;
@@ -287,19 +329,17 @@ impl Vsock {
                     return;
                 }
                 conn.to_host.extend_from_slice(payload);
-                conn.flush_to_host();
-                if conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_sent) >= BUF_ALLOC / 4 {
-                    self.send_control(key, OP_CREDIT_UPDATE);
-                }
+                self.flush_and_settle(key);
             }
             OP_SHUTDOWN => {
+                // Data the guest sent before shutting down still reaches the host first.
                 if h.flags & SHUTDOWN_SEND != 0 {
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                    conn.guest_eof = true;
                 }
                 if h.flags & (SHUTDOWN_SEND | SHUTDOWN_RCV) == SHUTDOWN_SEND | SHUTDOWN_RCV {
-                    self.send_control(key, OP_RST);
-                    self.remove(key);
+                    conn.closing = true;
                 }
+                self.flush_and_settle(key);
             }
             OP_RST => self.remove(key),
             OP_CREDIT_REQUEST => self.send_control(key, OP_CREDIT_UPDATE),
@@ -311,6 +351,37 @@ impl Vsock {
         }
     }
 
+    /// Writes pending guest data to the host stream, then does what waited for it: shut
+    /// down the host's write side after the guest's SHUTDOWN, reset after the guest's
+    /// close; tells the guest about freed buffer space.
+    fn flush_and_settle(&mut self, key: Key) {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if !conn.flush_to_host() {
+            self.send_control(key, OP_RST);
+            self.remove(key);
+            return;
+        }
+        if !conn.to_host.is_empty() {
+            // The rest is written when the host stream has room (its epoll event).
+            if conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_sent) >= BUF_ALLOC / 4 {
+                self.send_control(key, OP_CREDIT_UPDATE);
+            }
+            return;
+        }
+        if conn.guest_eof && !conn.host_write_shut {
+            conn.host_write_shut = true;
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        }
+        if conn.closing {
+            self.send_control(key, OP_RST);
+            self.remove(key);
+        } else if conn.fwd_cnt.wrapping_sub(conn.fwd_cnt_sent) >= BUF_ALLOC / 4 {
+            self.send_control(key, OP_CREDIT_UPDATE);
+        }
+    }
+
     /// The guest connects to host port `key.0`: connect to `<socket>_<port>`.
     fn connect_to_host(&mut self, key: Key, h: &Header) {
         if self.conns.contains_key(&key) {
@@ -319,9 +390,9 @@ impl Vsock {
         }
         let mut path = self.socket.clone().into_os_string();
         path.push(format!("_{}", key.0));
-        let stream = match UnixStream::connect(Path::new(&path)) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => {
+        let stream = match host_connect::connect_nonblocking(Path::new(&path)) {
+            Ok(s) => s,
+            Err(_) => {
                 self.reset_to_guest(h);
                 return;
             }
@@ -331,6 +402,9 @@ impl Vsock {
             return;
         };
         let mut conn = Conn::new(stream, ConnState::Established, token);
+        // Freshly connected: nothing to read until epoll says so (a read now would only
+        // find nothing and waste one of the guest's receive buffers).
+        conn.host_readable = false;
         conn.peer_buf_alloc = h.buf_alloc;
         conn.peer_fwd_cnt = h.fwd_cnt;
         self.conns.insert(key, conn);
@@ -358,8 +432,14 @@ impl Vsock {
                     self.advance_handshake(token);
                 } else if let Some(key) = self.tokens.get(&token).copied() {
                     if let Some(c) = self.conns.get_mut(&key) {
-                        c.host_readable = true;
-                        c.flush_to_host();
+                        let readable = EventSet::IN
+                            | EventSet::READ_HANG_UP
+                            | EventSet::HANG_UP
+                            | EventSet::ERROR;
+                        if ev.event_set().intersects(readable) {
+                            c.host_readable = true;
+                        }
+                        self.flush_and_settle(key);
                     }
                 }
             }
@@ -477,12 +557,18 @@ impl Vsock {
                 .conns
                 .iter()
                 .find(|(_, c)| {
-                    c.state == ConnState::Established && c.host_readable && c.peer_credit() > 0
+                    c.state == ConnState::Established
+                        && c.peer_credit() > 0
+                        && (!c.from_host.is_empty() || (c.host_readable && !c.host_eof))
                 })
                 .map(|(k, _)| *k)
             else {
                 return Ok(());
             };
+            // Read before taking a guest buffer, so none is used up for nothing.
+            if !self.fill_from_host(key) {
+                continue;
+            }
             let Some(head) = ctx.pop(RX)? else {
                 return Ok(());
             };
@@ -490,47 +576,69 @@ impl Vsock {
             let room = DescChain::walk(ctx.ram, table, size, head)
                 .map(|c| c.writable_len().saturating_sub(HDR_LEN as u64))
                 .unwrap_or(0);
-            let Some(conn) = self.conns.get_mut(&key) else {
+            let Some(conn) = self.conns.get(&key) else {
                 return Ok(());
             };
-            let want = (room as usize)
-                .min(MAX_PKT_PAYLOAD)
+            let n = usize::try_from(room)
+                .unwrap_or(usize::MAX)
+                .min(conn.from_host.len())
                 .min(conn.peer_credit() as usize);
-            if want == 0 {
+            if n == 0 {
                 // A broken or too small buffer: give it back unused, try the next one.
                 ctx.complete(RX, head, 0)?;
                 continue;
             }
-            let mut data = vec![0u8; want];
-            match conn.stream.read(&mut data) {
-                Ok(0) => {
-                    // The host closed its end: tell the guest, forget the connection.
-                    let mut h = self.header(key, OP_SHUTDOWN);
-                    h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
-                    let len = write_packet(ctx, head, &h, &[]);
-                    ctx.complete(RX, head, len)?;
-                    self.remove(key);
-                }
-                Ok(n) => {
-                    conn.rx_cnt = conn.rx_cnt.wrapping_add(n as u32);
-                    conn.fwd_cnt_sent = conn.fwd_cnt;
-                    let mut h = self.header(key, OP_RW);
-                    h.len = n as u32;
-                    let len = write_packet(ctx, head, &h, &data[..n]);
-                    ctx.complete(RX, head, len)?;
-                }
-                Err(e) => {
-                    conn.host_readable = false;
-                    if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) {
-                        let h = self.header(key, OP_RST);
-                        let len = write_packet(ctx, head, &h, &[]);
-                        ctx.complete(RX, head, len)?;
-                        self.remove(key);
-                    } else {
-                        // Nothing to send after all: hand the buffer back unused.
-                        ctx.complete(RX, head, 0)?;
-                    }
-                }
+            let mut h = self.header(key, OP_RW);
+            h.len = n as u32;
+            let Some(conn) = self.conns.get_mut(&key) else {
+                return Ok(());
+            };
+            let len = write_packet(ctx, head, &h, &conn.from_host[..n]);
+            ctx.complete(RX, head, len)?;
+            conn.from_host.drain(..n);
+            conn.rx_cnt = conn.rx_cnt.wrapping_add(n as u32);
+            conn.fwd_cnt_sent = conn.fwd_cnt;
+        }
+    }
+
+    /// Makes sure `key`'s connection has host data waiting for the guest, reading the host
+    /// stream if needed (at most what the guest has room for). False if there is none: the
+    /// stream is drained, at its end (a SHUTDOWN for the guest is queued) or broken (a
+    /// reset is queued and the connection forgotten).
+    fn fill_from_host(&mut self, key: Key) -> bool {
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return false;
+        };
+        if !conn.from_host.is_empty() {
+            return true;
+        }
+        let want = MAX_PKT_PAYLOAD.min(conn.peer_credit() as usize);
+        conn.from_host.resize(want, 0);
+        let result = conn.stream.read(&mut conn.from_host);
+        let n = *result.as_ref().unwrap_or(&0);
+        conn.from_host.truncate(n);
+        match result {
+            Ok(0) => {
+                // The host sends no more (it may still read: a half-close). Tell the
+                // guest; the connection ends when the guest closes it or the host stops
+                // reading.
+                conn.host_eof = true;
+                conn.host_readable = false;
+                let mut h = self.header(key, OP_SHUTDOWN);
+                h.flags = SHUTDOWN_SEND;
+                self.control.push_back(h);
+                false
+            }
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::Interrupted => false,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                conn.host_readable = false;
+                false
+            }
+            Err(_) => {
+                self.send_control(key, OP_RST);
+                self.remove(key);
+                false
             }
         }
     }

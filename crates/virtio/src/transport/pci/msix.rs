@@ -22,6 +22,25 @@ pub trait MsiSink: Send + Sync {
     fn send_msi(&self, address: u64, data: u32);
 }
 
+/// The engine's MSI path as an [`MsiSink`], or `None` where the engine delivers no MSIs
+/// (functions then offer only INTx).
+pub fn engine_msi(sink: &Arc<dyn InterruptSink>) -> Option<Arc<dyn MsiSink>> {
+    sink.supports_msi()
+        .then(|| Arc::new(EngineMsi(sink.clone())) as Arc<dyn MsiSink>)
+}
+
+struct EngineMsi(Arc<dyn InterruptSink>);
+
+impl MsiSink for EngineMsi {
+    fn send_msi(&self, address: u64, data: u32) {
+        // A message the engine refuses (an address outside the APIC window the guest
+        // programmed) is lost, as on hardware.
+        if !self.0.send_msi(address, data) {
+            tracing::debug!(address, data, "MSI not delivered");
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// MSI-X Enable and Function Mask from the capability's Message Control.

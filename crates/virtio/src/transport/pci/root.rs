@@ -1,16 +1,15 @@
-//! A PCI host bridge for bus 0: configuration access through ports 0xCF8/0xCFC
-//! ("mechanism #1") and through an ECAM window, and placement of each function's memory BARs
-//! on the MMIO bus whenever the guest reprograms them.
+//! A PCI host bridge for bus 0: its configuration space through an ECAM window, and
+//! placement of each function's memory BARs on the MMIO bus whenever the guest reprograms
+//! them.
+//!
+//! Configuration mechanism #1 (ports 0xcf8/0xcfc) is the chipset's
+//! (`devices::legacy::PciConfigPorts`): it turns each cycle into an access to this ECAM
+//! window, so both mechanisms reach the same functions.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use devices::legacy::bus::{Bus, BusDevice};
 
-/// Port of the CONFIG_ADDRESS register; CONFIG_DATA follows at +4.
-pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;
-/// The I/O range to claim for mechanism #1: 0xCF8..0xD00.
-pub const CONFIG_IO_LEN: u64 = 8;
 /// ECAM size for bus 0 (32 devices x 8 functions x 4 KiB).
 pub const ECAM_BUS0_SIZE: u64 = 1 << 20;
 pub const SLOTS: usize = 32;
@@ -39,6 +38,8 @@ pub trait PciFunction: Send + Sync {
 pub enum PciError {
     #[error("all {SLOTS} PCI slots of bus 0 are taken")]
     NoSlot,
+    #[error("PCI slot {0} of bus 0 is taken or does not exist")]
+    SlotTaken(u8),
 }
 
 /// The host bridge itself, in slot 0.
@@ -66,13 +67,13 @@ struct Slot {
 /// Bus 0 with its functions.
 pub struct PciRoot {
     slots: Mutex<Vec<Option<Slot>>>,
-    mmio: Arc<Bus>,
-    config_address: AtomicU32,
+    /// Weak: the MMIO bus holds the ECAM window, which holds the root.
+    mmio: Weak<Bus>,
 }
 
 impl PciRoot {
     /// A root whose functions' BARs go on `mmio`.
-    pub fn new(mmio: Arc<Bus>) -> Arc<Self> {
+    pub fn new(mmio: &Arc<Bus>) -> Arc<Self> {
         let mut slots: Vec<Option<Slot>> = (0..SLOTS).map(|_| None).collect();
         slots[0] = Some(Slot {
             function: Arc::new(HostBridge),
@@ -80,8 +81,7 @@ impl PciRoot {
         });
         Arc::new(PciRoot {
             slots: Mutex::new(slots),
-            mmio,
-            config_address: AtomicU32::new(0),
+            mmio: Arc::downgrade(mmio),
         })
     }
 
@@ -101,6 +101,21 @@ impl PciRoot {
             mapped: Vec::new(),
         });
         Ok(free as u8)
+    }
+
+    /// Put `function` in `slot` (1..32; 0 is the host bridge), which must be free.
+    pub fn add_at(&self, slot: u8, function: Arc<dyn PciFunction>) -> Result<(), PciError> {
+        let mut slots = self.slots();
+        match slots.get_mut(usize::from(slot)) {
+            Some(s @ None) => {
+                *s = Some(Slot {
+                    function,
+                    mapped: Vec::new(),
+                });
+                Ok(())
+            }
+            _ => Err(PciError::SlotTaken(slot)),
+        }
     }
 
     fn read(&self, bus: u8, device: u8, function: u8, offset: u16, data: &mut [u8]) {
@@ -130,75 +145,23 @@ impl PciRoot {
         if wanted == slot.mapped {
             return;
         }
+        let Some(mmio) = self.mmio.upgrade() else {
+            return;
+        };
         for base in slot.mapped.drain(..) {
-            let _ = self.mmio.remove(base);
+            let _ = mmio.remove(base);
         }
         for bar in bars {
-            match self.mmio.insert(bar.device, bar.base, bar.len) {
+            match mmio.insert(bar.device, bar.base, bar.len) {
                 Ok(()) => slot.mapped.push(bar.base),
                 Err(e) => tracing::warn!("PCI BAR at {:#x} not placed: {e}", bar.base),
             }
         }
     }
 
-    /// The CONFIG_ADDRESS/CONFIG_DATA ports, to insert on the PIO bus at
-    /// [`CONFIG_ADDRESS_PORT`] with length [`CONFIG_IO_LEN`].
-    pub fn config_io(self: &Arc<Self>) -> Arc<dyn BusDevice> {
-        Arc::new(ConfigIo(self.clone()))
-    }
-
     /// The ECAM window for bus 0, to insert on the MMIO bus with length [`ECAM_BUS0_SIZE`].
     pub fn ecam(self: &Arc<Self>) -> Arc<dyn BusDevice> {
         Arc::new(Ecam(self.clone()))
-    }
-}
-
-struct ConfigIo(Arc<PciRoot>);
-
-impl ConfigIo {
-    /// (bus, device, function, register offset) selected by CONFIG_ADDRESS, if enabled.
-    fn target(&self, data_offset: u64) -> Option<(u8, u8, u8, u16)> {
-        let a = self.0.config_address.load(Ordering::SeqCst);
-        if a & 0x8000_0000 == 0 {
-            return None;
-        }
-        let reg = (a & 0xfc) as u16 + data_offset as u16;
-        Some((
-            (a >> 16) as u8,
-            ((a >> 11) & 0x1f) as u8,
-            ((a >> 8) & 7) as u8,
-            reg,
-        ))
-    }
-}
-
-impl BusDevice for ConfigIo {
-    fn read(&self, offset: u64, data: &mut [u8]) {
-        match offset {
-            0 if data.len() == 4 => {
-                data.copy_from_slice(&self.0.config_address.load(Ordering::SeqCst).to_le_bytes())
-            }
-            4..=7 if offset as usize - 4 + data.len() <= 4 => match self.target(offset - 4) {
-                Some((b, d, f, reg)) => self.0.read(b, d, f, reg, data),
-                None => data.fill(0xff),
-            },
-            _ => data.fill(0xff),
-        }
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) {
-        match offset {
-            0 if data.len() == 4 => self.0.config_address.store(
-                u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
-                Ordering::SeqCst,
-            ),
-            4..=7 if offset as usize - 4 + data.len() <= 4 => {
-                if let Some((b, d, f, reg)) = self.target(offset - 4) {
-                    self.0.write(b, d, f, reg, data);
-                }
-            }
-            _ => {}
-        }
     }
 }
 

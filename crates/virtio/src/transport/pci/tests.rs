@@ -1,21 +1,24 @@
-//! virtio-pci probed and driven as Linux does: config mechanism #1, BAR sizing and
-//! placement, capability walk, common-config setup, MSI-X or INTx.
+//! virtio-pci probed and driven as Linux does: config mechanism #1 (the chipset's ports,
+//! which forward to the root's ECAM window), BAR sizing and placement, capability walk,
+//! common-config setup, MSI-X or INTx.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use devices::legacy::bus::Bus;
+use devices::legacy::{PciConfigPorts, PortSink};
 use devices::InterruptSink;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::msix::MsiSink;
-use super::root::{PciFunction, PciRoot, CONFIG_ADDRESS_PORT};
+use super::root::{PciFunction, PciRoot};
 use super::*;
 use crate::event_loop::EventLoop;
 use crate::rng::Rng;
 
 const BAR: u64 = 0xe000_0000;
+const ECAM: u64 = 0xb000_0000;
 const DESC: u64 = 0x1_0000;
 const AVAIL: u64 = 0x1_1000;
 const USED: u64 = 0x1_2000;
@@ -55,13 +58,13 @@ impl Machine {
         let transport =
             Arc::new(PciTransport::new(Box::new(Rng::new()), ram, msi, line, 10).unwrap());
         let mmio = Arc::new(Bus::new());
-        let root = PciRoot::new(mmio.clone());
+        let root = PciRoot::new(&mmio);
         let slot = root.add(transport.clone() as Arc<dyn PciFunction>).unwrap();
+        mmio.insert(root.ecam(), ECAM, root::ECAM_BUS0_SIZE)
+            .unwrap();
         let pio = Bus::new();
-        pio.insert(root.config_io(), u64::from(CONFIG_ADDRESS_PORT), 8)
-            .unwrap();
-        mmio.insert(root.ecam(), 0xb000_0000, root::ECAM_BUS0_SIZE)
-            .unwrap();
+        let ports = PciConfigPorts::new(Arc::new(PortSink::new(0)), mmio.clone(), ECAM, 1);
+        pio.insert(Arc::new(ports), 0xcf8, 8).unwrap();
         Machine {
             mem,
             pio,
@@ -298,4 +301,58 @@ fn intx_fallback_with_isr() {
         .write(0xcf8, &(0x8000_0000u32 | 9 << 11).to_le_bytes());
     m.pio.read(0xcfc, &mut b);
     assert_eq!(b, [0xff; 4], "empty slot");
+}
+
+#[test]
+fn slots_are_placed_where_asked_and_the_root_does_not_keep_the_bus_alive() {
+    struct Dummy;
+    impl PciFunction for Dummy {
+        fn config_read(&self, _offset: u16, data: &mut [u8]) {
+            data.fill(0x5a);
+        }
+        fn config_write(&self, _offset: u16, _data: &[u8]) {}
+    }
+    let mmio = Arc::new(Bus::new());
+    let root = PciRoot::new(&mmio);
+    mmio.insert(root.ecam(), ECAM, root::ECAM_BUS0_SIZE)
+        .unwrap();
+    root.add_at(5, Arc::new(Dummy)).unwrap();
+    assert!(matches!(
+        root.add_at(5, Arc::new(Dummy)),
+        Err(root::PciError::SlotTaken(5))
+    ));
+    assert!(root.add_at(0, Arc::new(Dummy)).is_err(), "the host bridge");
+    assert!(root.add_at(32, Arc::new(Dummy)).is_err());
+    assert_eq!(root.add(Arc::new(Dummy)).unwrap(), 1);
+    let mut b = [0u8; 4];
+    mmio.read(ECAM + (5 << 15), &mut b);
+    assert_eq!(b, [0x5a; 4]);
+    // The ECAM window on the bus holds the root; the root only a weak bus reference.
+    let weak = Arc::downgrade(&mmio);
+    drop(root);
+    drop(mmio);
+    assert!(weak.upgrade().is_none(), "bus and root freed together");
+}
+
+#[test]
+fn engine_msi_follows_the_sinks_capability() {
+    struct Engine(Mutex<Vec<(u64, u32)>>, bool);
+    impl InterruptSink for Engine {
+        fn set_level(&self, _gsi: u32, _level: bool) {}
+        fn supports_msi(&self) -> bool {
+            self.1
+        }
+        fn send_msi(&self, addr: u64, data: u32) -> bool {
+            self.0.lock().unwrap().push((addr, data));
+            true
+        }
+    }
+    let without: Arc<dyn InterruptSink> = Arc::new(Engine(Mutex::default(), false));
+    assert!(msix::engine_msi(&without).is_none());
+    let engine = Arc::new(Engine(Mutex::default(), true));
+    let with: Arc<dyn InterruptSink> = engine.clone();
+    msix::engine_msi(&with)
+        .expect("an MSI path")
+        .send_msi(0xfee0_0000, 0x42);
+    assert_eq!(*engine.0.lock().unwrap(), vec![(0xfee0_0000, 0x42)]);
 }
