@@ -20,6 +20,8 @@ pub struct PlatformConfig {
     /// Guest RAM in bytes; must equal the size of `mem`.
     pub mem_size: u64,
     pub cmdline: String,
+    /// The kernel's file name (see [`BootOptions::kernel_name`]).
+    pub kernel_name: Option<String>,
     pub protocol: BootProtocol,
     /// Devices to describe in the DSDT besides the fixed legacy ones.
     pub dsdt_devices: Vec<DsdtDevice>,
@@ -60,6 +62,7 @@ pub fn setup(
     let opts = BootOptions {
         protocol: cfg.protocol,
         rsdp_addr: Some(rsdp),
+        kernel_name: cfg.kernel_name.clone(),
     };
     Ok(boot::load(mem, kernel, initrd, &cfg.cmdline, &opts)?)
 }
@@ -96,6 +99,7 @@ mod tests {
             cpus: 2,
             mem_size: size,
             cmdline: "console=ttyS0".into(),
+            kernel_name: Some("/k/vmlinux".into()),
             protocol: BootProtocol::Auto,
             dsdt_devices: vec![DsdtDevice::virtio_mmio(0, 0xd000_0000, 0x200, 5)],
         };

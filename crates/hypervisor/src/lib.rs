@@ -107,12 +107,28 @@ pub trait Vm: Send + Sync {
     /// The software engine drops decoded code it cached for those pages; KVM needs nothing.
     fn note_guest_write(&self, _gpa: u64, _len: u64) {}
 
-    /// Has the engine signal `kick` itself when the guest writes the 32-bit `value` to the
-    /// MMIO address `addr` (KVM: an ioeventfd), so such a write never leaves the engine.
-    /// `Ok(false)`: the engine has no such path and the write reaches the [`IoHandler`] as
-    /// usual (the software engine, whose bus call is already a direct call).
-    fn register_mmio_kick(&self, _addr: u64, _value: u32, _kick: &EventFd) -> Result<bool, Error> {
+    /// Has the engine signal `kick` itself when the guest writes to the MMIO address `addr`
+    /// (KVM: an ioeventfd), so such a write never leaves the engine: a 32-bit write of
+    /// `value` if given, any write otherwise. `Ok(false)`: the engine has no such path and
+    /// the write reaches the [`IoHandler`] as usual (the software engine, whose bus call is
+    /// already a direct call).
+    fn register_mmio_kick(
+        &self,
+        _addr: u64,
+        _value: Option<u32>,
+        _kick: &EventFd,
+    ) -> Result<bool, Error> {
         Ok(false)
+    }
+
+    /// Undoes [`Vm::register_mmio_kick`] with the same arguments (a PCI BAR moved).
+    fn unregister_mmio_kick(
+        &self,
+        _addr: u64,
+        _value: Option<u32>,
+        _kick: &EventFd,
+    ) -> Result<(), Error> {
+        Ok(())
     }
 
     /// Lets a write to `trigger` raise the level-triggered line `gsi` without a call into

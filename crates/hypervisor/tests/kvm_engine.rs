@@ -1097,7 +1097,7 @@ fn mmio_kick_signals_the_eventfd_without_an_exit() {
         }),
     );
     let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-    assert!(g.vm.register_mmio_kick(NOTIFY, 1, &kick).unwrap());
+    assert!(g.vm.register_mmio_kick(NOTIFY, Some(1), &kick).unwrap());
     let mut vcpu = g.vm.create_vcpu(0).unwrap();
     vcpu.set_state(&long_mode(CODE, STACK_TOP, 0)).unwrap();
     let io = Recorder::default();
@@ -1206,4 +1206,49 @@ fn level_irqfd_interrupts_the_guest_and_resamples_at_eoi() {
     wait_for(2);
     let (exit, _vcpu) = runner.join().unwrap();
     assert_eq!(exit, VmExit::Io);
+}
+
+/// A kick registered without a value takes writes of any size and value (virtio-pci's
+/// 16-bit notify writes); once unregistered, the writes reach the [`IoHandler`] again.
+#[test]
+fn mmio_kick_without_a_value_takes_any_write_until_unregistered() {
+    let Some(g) = guest(1) else { return };
+    const NOTIFY: u64 = MMIO_ADDR + 0x3000;
+    load(
+        &g.mem,
+        CODE,
+        &assemble(CODE, |a| {
+            a.mov(rax, NOTIFY).unwrap();
+            a.mov(word_ptr(rax), 7u32).unwrap();
+            a.mov(dword_ptr(rax), 0x1234u32).unwrap();
+            a.mov(dx, 0x513).unwrap();
+            a.mov(al, 0x77).unwrap();
+            a.out(dx, al).unwrap();
+            let mut here = a.create_label();
+            a.set_label(&mut here).unwrap();
+            a.jmp(here).unwrap();
+        }),
+    );
+    let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+    assert!(g.vm.register_mmio_kick(NOTIFY, None, &kick).unwrap());
+    let mut vcpu = g.vm.create_vcpu(0).unwrap();
+    vcpu.set_state(&long_mode(CODE, STACK_TOP, 0)).unwrap();
+    let io = Recorder::default();
+    run_until(vcpu.as_mut(), &io, |io| !io.outs().is_empty());
+    assert_eq!(io.log(), vec![out(0x513, &[0x77])]);
+    assert_eq!(kick.read().unwrap(), 2, "both writes signalled");
+
+    g.vm.unregister_mmio_kick(NOTIFY, None, &kick).unwrap();
+    vcpu.set_state(&long_mode(CODE, STACK_TOP, 0)).unwrap();
+    let io = Recorder::default();
+    run_until(vcpu.as_mut(), &io, |io| !io.outs().is_empty());
+    assert_eq!(
+        io.log(),
+        vec![
+            Access::MmioWrite(NOTIFY, vec![7, 0]),
+            Access::MmioWrite(NOTIFY, vec![0x34, 0x12, 0, 0]),
+            out(0x513, &[0x77]),
+        ]
+    );
+    assert!(kick.read().is_err(), "no signal after unregistering");
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use devices::InterruptSink;
 use hypervisor::Vm;
+use virtio::transport::pci;
+use virtio::transport::pci::root::BarListener;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// A level-triggered line raised through an irqfd. Lowering is the engine's job (at EOI),
@@ -59,9 +61,40 @@ pub fn register_queue_kicks(
     let mut all = true;
     for (queue, kick) in kicks.iter().enumerate() {
         let value = u32::try_from(queue).map_err(|_| FastNotifyError::TooManyQueues)?;
-        all &= vm.register_mmio_kick(notify, value, kick)?;
+        all &= vm.register_mmio_kick(notify, Some(value), kick)?;
     }
     Ok(all)
+}
+
+/// Kick eventfds of each PCI slot's queues, by slot number.
+pub type SlotKicks = Vec<(u8, Arc<Vec<EventFd>>)>;
+
+/// A BAR listener for the PCI root that keeps each queue's kick registered as an ioeventfd
+/// on its notify register (`BAR0 + NOTIFY_OFFSET + NOTIFY_MULTIPLIER × queue`, any write
+/// there: the driver writes the queue index in 16 bits) wherever the guest puts BAR0. An
+/// engine without ioeventfds leaves the writes to the bus.
+pub fn pci_kick_follower(vm: Arc<dyn Vm>, slots: SlotKicks) -> BarListener {
+    let notify = |bar0: u64, queue: usize| {
+        bar0 + pci::NOTIFY_OFFSET + u64::from(pci::NOTIFY_MULTIPLIER) * queue as u64
+    };
+    Box::new(move |slot, old, new| {
+        let Some((_, kicks)) = slots.iter().find(|(s, _)| *s == slot) else {
+            return;
+        };
+        for (queue, kick) in kicks.iter().enumerate() {
+            if let Some(&bar0) = old.first() {
+                if let Err(e) = vm.unregister_mmio_kick(notify(bar0, queue), None, kick) {
+                    tracing::warn!("PCI slot {slot} queue {queue}: {e}");
+                }
+            }
+            if let Some(&bar0) = new.first() {
+                // On failure the write still reaches the BAR on the bus: slower, not lost.
+                if let Err(e) = vm.register_mmio_kick(notify(bar0, queue), None, kick) {
+                    tracing::warn!("PCI slot {slot} queue {queue}: {e}");
+                }
+            }
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

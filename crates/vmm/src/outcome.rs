@@ -18,6 +18,9 @@ pub enum StopReason {
     DebugExit(u8),
     /// The user quit from the console (Ctrl-A x) or the VM was stopped from outside.
     UserQuit,
+    /// The VM was killed on request (`wirt vm kill`, or `stop` past its timeout): the
+    /// guest was not asked to power off.
+    Killed,
     /// The engine could not go on.
     InternalError {
         cpu: u32,
@@ -36,7 +39,7 @@ impl StopReason {
     /// even numbers so that a script can tell them apart.
     pub fn exit_status(&self) -> i32 {
         match self {
-            StopReason::PowerOff | StopReason::UserQuit => 0,
+            StopReason::PowerOff | StopReason::UserQuit | StopReason::Killed => 0,
             StopReason::DebugExit(v) => ((i32::from(*v)) << 1) | 1,
             StopReason::Reset => 2,
             StopReason::TripleFault => 4,
@@ -53,6 +56,9 @@ impl StopReason {
             StopReason::TripleFault => "guest triple-faulted (CPU shutdown)".into(),
             StopReason::DebugExit(v) => format!("guest wrote {v:#x} to the debug-exit port"),
             StopReason::UserQuit => "stopped by the user".into(),
+            StopReason::Killed => {
+                "killed by the user (the guest was not asked to power off)".into()
+            }
             StopReason::InternalError {
                 cpu,
                 rip,

@@ -65,7 +65,7 @@ pub fn attach(
     mem: Arc<GuestMemoryMmap>,
     irq: Arc<dyn InterruptSink>,
     notify: GuestWriteNotifier,
-    engine: Option<&dyn Vm>,
+    engine: Option<Arc<dyn Vm>>,
 ) -> Result<VirtioDevices, VirtioSetupError> {
     let mut devs: Vec<Box<dyn VirtioDevice>> = Vec::new();
     for d in &cfg.disks {
@@ -111,8 +111,10 @@ pub fn attach(
     let ram = GuestRam::new(mem, notify);
     let mut event_loop = EventLoop::new().map_err(VirtioSetupError::Io)?;
     let dsdt = match cfg.virtio_transport {
-        VirtioTransport::Mmio => place_mmio(devs, &ram, mmio, &irq, engine, &mut event_loop)?,
-        VirtioTransport::Pci => place_pci(devs, &ram, mmio, &irq, &mut event_loop)?,
+        VirtioTransport::Mmio => {
+            place_mmio(devs, &ram, mmio, &irq, engine.as_deref(), &mut event_loop)?
+        }
+        VirtioTransport::Pci => place_pci(devs, &ram, mmio, &irq, engine, &mut event_loop)?,
     };
     let handle = event_loop.spawn().map_err(VirtioSetupError::Io)?;
     Ok(VirtioDevices {
@@ -176,6 +178,7 @@ fn place_pci(
     ram: &GuestRam,
     mmio: &Arc<Bus>,
     irq: &Arc<dyn InterruptSink>,
+    engine: Option<Arc<dyn Vm>>,
     event_loop: &mut EventLoop,
 ) -> Result<Vec<DsdtDevice>, VirtioSetupError> {
     let max = PCI_INTX_GSI_COUNT as usize;
@@ -185,6 +188,7 @@ fn place_pci(
     let root = PciRoot::new(mmio);
     mmio.insert(root.ecam(), PCI_ECAM_START, PCI_ECAM_SIZE)?;
     let msi = engine_msi(irq);
+    let mut kicks_by_slot = Vec::new();
     for (slot, dev) in (1u8..).zip(devs) {
         let gsi = pci_intx_gsi(slot, 0);
         let transport = Arc::new(PciTransport::new(
@@ -197,7 +201,11 @@ fn place_pci(
         event_loop
             .add(transport.as_ref())
             .map_err(VirtioSetupError::Io)?;
+        kicks_by_slot.push((slot, transport.shared().1));
         root.add_at(slot, transport)?;
+    }
+    if let Some(vm) = engine {
+        root.set_bar_listener(fast_notify::pci_kick_follower(vm, kicks_by_slot));
     }
     Ok(DsdtDevice::pci_host_bridge(PciHostBridge {
         ecam_base: PCI_ECAM_START,
@@ -300,6 +308,96 @@ mod tests {
         assert!(
             mmio.resolve(MMIO_DEVICES_START).is_none(),
             "no virtio-mmio windows"
+        );
+    }
+
+    /// An engine that only records ioeventfd (de)registrations.
+    #[derive(Default)]
+    struct KickRecorder(std::sync::Mutex<Vec<(bool, u64, Option<u32>)>>);
+
+    impl Vm for KickRecorder {
+        fn engine(&self) -> hypervisor::EngineKind {
+            hypervisor::EngineKind::Kvm
+        }
+        fn create_vcpu(&self, _id: u32) -> Result<Box<dyn hypervisor::Vcpu>, hypervisor::Error> {
+            Err(hypervisor::Error::InvalidState("no vCPUs here".into()))
+        }
+        fn interrupt_sink(&self) -> Arc<dyn InterruptSink> {
+            Arc::new(NullInterruptSink)
+        }
+        fn register_mmio_kick(
+            &self,
+            addr: u64,
+            value: Option<u32>,
+            _kick: &vmm_sys_util::eventfd::EventFd,
+        ) -> Result<bool, hypervisor::Error> {
+            self.0.lock().unwrap().push((true, addr, value));
+            Ok(true)
+        }
+        fn unregister_mmio_kick(
+            &self,
+            addr: u64,
+            value: Option<u32>,
+            _kick: &vmm_sys_util::eventfd::EventFd,
+        ) -> Result<(), hypervisor::Error> {
+            self.0.lock().unwrap().push((false, addr, value));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pci_notify_ioeventfds_follow_bar0_where_the_guest_puts_it() {
+        let disk = scratch_disk("pci-kicks");
+        let mut cfg = VmConfig::new("/k".into());
+        cfg.disks
+            .push(format!("path={}", disk.display()).parse().unwrap());
+        cfg.virtio_transport = VirtioTransport::Pci;
+        let mmio = Arc::new(Bus::new());
+        let mem =
+            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let engine = Arc::new(KickRecorder::default());
+        let _v = attach(
+            &cfg,
+            &mmio,
+            mem,
+            Arc::new(NullInterruptSink),
+            virtio::ignore_guest_writes(),
+            Some(engine.clone()),
+        )
+        .unwrap();
+        std::fs::remove_file(&disk).unwrap();
+        let ports = PciConfigPorts::new(
+            Arc::new(PortSink::new(0)),
+            mmio.clone(),
+            PCI_ECAM_START,
+            PCI_ECAM_BUSES,
+        );
+        let cfg_write = |reg: u32, v: u32| {
+            ports.write(0, &(0x8000_0000 | 1 << 11 | reg).to_le_bytes());
+            ports.write(4, &v.to_le_bytes());
+        };
+        let notify = |bar: u64| bar + virtio::transport::pci::NOTIFY_OFFSET;
+        // BAR0 (64-bit) at 0xc000_0000, then memory decoding on.
+        cfg_write(0x10, 0xc000_0000);
+        cfg_write(0x14, 0);
+        assert!(engine.0.lock().unwrap().is_empty(), "decoding is still off");
+        cfg_write(0x04, 0x2);
+        assert_eq!(
+            *engine.0.lock().unwrap(),
+            [(true, notify(0xc000_0000), None)],
+            "virtio-blk's one queue"
+        );
+        // The guest moves the BAR: the kick follows it.
+        engine.0.lock().unwrap().clear();
+        cfg_write(0x04, 0);
+        cfg_write(0x10, 0xc010_0000);
+        cfg_write(0x04, 0x2);
+        assert_eq!(
+            *engine.0.lock().unwrap(),
+            [
+                (false, notify(0xc000_0000), None),
+                (true, notify(0xc010_0000), None)
+            ]
         );
     }
 

@@ -89,7 +89,7 @@ impl RunningVm {
             mem.clone(),
             vm.interrupt_sink(),
             Arc::new(move |gpa, len| notify_vm.note_guest_write(gpa, len)),
-            Some(vm.as_ref()),
+            Some(vm.clone()),
         )?;
 
         if let (Some(b), Some(target)) = (&virtio.balloon, cfg.balloon_target) {
@@ -102,6 +102,7 @@ impl RunningVm {
             cpus: cfg.cpus,
             mem_size: cfg.memory.0,
             cmdline: cfg.cmdline.clone(),
+            kernel_name: Some(cfg.kernel.display().to_string()),
             protocol: arch::boot::BootProtocol::Auto,
             dsdt_devices: virtio.dsdt.clone(),
         };

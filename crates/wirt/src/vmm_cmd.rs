@@ -131,7 +131,7 @@ fn handle(vm: &RunningVm, req: Request) -> ChildMsg {
             ChildMsg::Ok
         }
         Request::Kill => {
-            vm.stop(StopReason::UserQuit);
+            vm.stop(StopReason::Killed);
             ChildMsg::Ok
         }
         Request::Info => ChildMsg::Info {

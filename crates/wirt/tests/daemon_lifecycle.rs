@@ -63,9 +63,15 @@ fn two_vms_run_pause_resume_stop_and_their_definitions_survive_a_restart() {
     let (status, v) = d.vm(&["stop", "alpha", "--timeout", "1"]);
     assert_eq!(status, 7, "{v}");
     assert_eq!(v["state"], "stopped", "{v}");
+    let v = d.vm_ok(&["info", "alpha"]);
+    assert!(v["reason"].as_str().unwrap().contains("killed"), "{v}");
     d.vm_ok(&["pause", "beta"]);
     let v = d.vm_ok(&["kill", "beta"]); // a paused VM can be killed too
     assert_eq!(v["state"], "stopped", "{v}");
+    assert_eq!(
+        v["reason"], "killed by the user (the guest was not asked to power off)",
+        "{v}"
+    );
     assert!(v["stats"]["instructions"].as_u64().unwrap() > 0, "{v}");
     let (status, _) = d.vm(&["pause", "beta"]);
     assert_eq!(status, 5, "pausing a stopped VM is a state conflict");

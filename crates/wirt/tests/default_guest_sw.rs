@@ -152,7 +152,16 @@ fn balloon_target_takes_memory_from_the_guest() {
     let mem_total = |extra: &[&str]| -> u64 {
         let mut args = vec!["--memory", "256M"];
         args.extend_from_slice(extra);
-        let r = boot_with_script_and("grep MemTotal /proc/meminfo\n", "1", &args);
+        // The balloon inflates after boot, in steps: report MemTotal once it has held
+        // still for half a second.
+        let script = "last=0; same=0\n\
+                      while [ $same -lt 5 ]; do\n\
+                        t=$(grep MemTotal /proc/meminfo)\n\
+                        if [ \"$t\" = \"$last\" ]; then same=$((same+1)); else same=0; fi\n\
+                        last=$t; sleep 0.1\n\
+                      done\n\
+                      echo $last\n";
+        let r = boot_with_script_and(script, "1", &args);
         assert_eq!(r.status, 0, "{r:?}");
         let out = image::cmdline::script_output(&r.stdout).expect("script output");
         out.split_whitespace()

@@ -90,7 +90,12 @@ fn multiboot_gets_magic_and_cmdline(engine: &str) {
     };
     assert_eq!(r.status, 0x2d, "{r:?}");
     assert!(r.stdout.contains("hello from a multiboot guest\n"), "{r:?}");
-    assert!(r.stdout.contains("cmdline: mb=1\n"), "{r:?}");
+    // As QEMU's loader does, the kernel's file name comes first (kvm-unit-tests' argv[0]).
+    let argv0 = test_guests::path("mb32").display().to_string();
+    assert!(
+        r.stdout.contains(&format!("cmdline: {argv0} mb=1\n")),
+        "{r:?}"
+    );
 }
 
 fn serial_output_goes_to_a_file(engine: &str) {

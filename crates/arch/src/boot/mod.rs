@@ -78,12 +78,15 @@ pub enum EntryProtocol {
 }
 
 /// Options for [`load`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BootOptions {
     pub protocol: BootProtocol,
     /// Where the ACPI RSDP is, if tables were written (goes into the zero page or the PVH
     /// start info).
     pub rsdp_addr: Option<u64>,
+    /// The kernel's file name. A Multiboot kernel's command line starts with it, as QEMU's
+    /// loader does and conformance suites (kvm-unit-tests) expect: they read it as argv[0].
+    pub kernel_name: Option<String>,
 }
 
 /// The result of loading: how the bootstrap processor starts, and what went where.
@@ -297,7 +300,12 @@ pub fn load(
         }
     };
 
-    let cmdline_len = write_cmdline(mem, cmdline, loaded.cmdline_max)?;
+    let cmdline = match (protocol, &opts.kernel_name) {
+        (EntryProtocol::Multiboot, Some(name)) if cmdline.is_empty() => name.clone(),
+        (EntryProtocol::Multiboot, Some(name)) => format!("{name} {cmdline}"),
+        _ => cmdline.to_string(),
+    };
+    let cmdline_len = write_cmdline(mem, &cmdline, loaded.cmdline_max)?;
     let initrd = match initrd {
         Some(r) => {
             let highest = low_end.min(loaded.initrd_addr_max.saturating_add(1));

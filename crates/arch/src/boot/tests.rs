@@ -43,9 +43,45 @@ fn boot(
         &BootOptions {
             protocol,
             rsdp_addr: Some(0xe0000),
+            kernel_name: None,
         },
     );
     (m, r)
+}
+
+/// The command line the kernel finds at `CMDLINE_START` when loaded as `name`.
+fn cmdline_seen(image: &[u8], cmdline: &str, name: &str) -> String {
+    let m = mem();
+    load(
+        &m,
+        &mut Cursor::new(image.to_vec()),
+        None,
+        cmdline,
+        &BootOptions {
+            protocol: BootProtocol::Auto,
+            rsdp_addr: None,
+            kernel_name: Some(name.into()),
+        },
+    )
+    .unwrap();
+    let bytes = read_bytes(&m, CMDLINE_START, 64);
+    let end = bytes.iter().position(|&b| b == 0).unwrap();
+    String::from_utf8(bytes[..end].to_vec()).unwrap()
+}
+
+#[test]
+fn a_multiboot_command_line_starts_with_the_kernel_name_like_qemu() {
+    let mut code = mb_header(0x3, &[]);
+    code.extend_from_slice(&CODE);
+    let mb = build_elf(false, 0x40_0000, 0x40_000c, &code, None);
+    assert_eq!(cmdline_seen(&mb, "a b", "/t/x.flat"), "/t/x.flat a b");
+    assert_eq!(cmdline_seen(&mb, "", "/t/x.flat"), "/t/x.flat");
+    // A Linux kernel gets the command line as given.
+    let linux = build_elf(true, 0x100_0000, 0x100_0000, &CODE, None);
+    assert_eq!(
+        cmdline_seen(&linux, "console=ttyS0", "/t/vmlinux"),
+        "console=ttyS0"
+    );
 }
 
 const CODE: [u8; 8] = [0xf4, 0xeb, 0xfd, 0x90, 0x11, 0x22, 0x33, 0x44];

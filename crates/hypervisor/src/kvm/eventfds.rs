@@ -3,7 +3,7 @@
 //! space) and irqfds with resampling (a device raises its level-triggered line by writing an
 //! eventfd; KVM lowers the line at the guest's EOI and tells the VMM through the resample fd).
 
-use kvm_ioctls::{IoEventAddress, VmFd};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::kvm_err;
@@ -12,16 +12,35 @@ use crate::Error;
 /// GSIs KVM's default routing has IOAPIC pins for.
 const MAX_GSI: u32 = 24;
 
-/// `KVM_IOEVENTFD` for a 32-bit write of `value` to `addr`.
+/// `KVM_IOEVENTFD` for a 32-bit write of `value` to `addr`, or for any write there.
 pub(super) fn register_mmio_kick(
     vm: &VmFd,
     addr: u64,
-    value: u32,
+    value: Option<u32>,
     kick: &EventFd,
 ) -> Result<bool, Error> {
-    vm.register_ioevent(kick, &IoEventAddress::Mmio(addr), value)
-        .map_err(kvm_err("KVM_IOEVENTFD"))?;
+    let at = IoEventAddress::Mmio(addr);
+    match value {
+        Some(v) => vm.register_ioevent(kick, &at, v),
+        None => vm.register_ioevent(kick, &at, NoDatamatch),
+    }
+    .map_err(kvm_err("KVM_IOEVENTFD"))?;
     Ok(true)
+}
+
+/// `KVM_IOEVENTFD` with `KVM_IOEVENTFD_FLAG_DEASSIGN` for a registration made above.
+pub(super) fn unregister_mmio_kick(
+    vm: &VmFd,
+    addr: u64,
+    value: Option<u32>,
+    kick: &EventFd,
+) -> Result<(), Error> {
+    let at = IoEventAddress::Mmio(addr);
+    match value {
+        Some(v) => vm.unregister_ioevent(kick, &at, v),
+        None => vm.unregister_ioevent(kick, &at, NoDatamatch),
+    }
+    .map_err(kvm_err("KVM_IOEVENTFD (deassign)"))
 }
 
 /// `KVM_IRQFD` with `KVM_IRQFD_FLAG_RESAMPLE` on `gsi`.

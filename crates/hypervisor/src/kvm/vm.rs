@@ -164,8 +164,22 @@ impl Vm for KvmVm {
         self.sink.clone()
     }
 
-    fn register_mmio_kick(&self, addr: u64, value: u32, kick: &EventFd) -> Result<bool, Error> {
+    fn register_mmio_kick(
+        &self,
+        addr: u64,
+        value: Option<u32>,
+        kick: &EventFd,
+    ) -> Result<bool, Error> {
         eventfds::register_mmio_kick(&self.fd, addr, value, kick)
+    }
+
+    fn unregister_mmio_kick(
+        &self,
+        addr: u64,
+        value: Option<u32>,
+        kick: &EventFd,
+    ) -> Result<(), Error> {
+        eventfds::unregister_mmio_kick(&self.fd, addr, value, kick)
     }
 
     fn register_level_irqfd(

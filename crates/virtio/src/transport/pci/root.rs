@@ -64,11 +64,16 @@ struct Slot {
     mapped: Vec<u64>,
 }
 
+/// Told when a slot's memory BARs move: `(slot, old bases, new bases)`, each in BAR order
+/// (empty while decoding is off). Runs on the vCPU thread whose config write moved them.
+pub type BarListener = Box<dyn Fn(u8, &[u64], &[u64]) + Send + Sync>;
+
 /// Bus 0 with its functions.
 pub struct PciRoot {
     slots: Mutex<Vec<Option<Slot>>>,
     /// Weak: the MMIO bus holds the ECAM window, which holds the root.
     mmio: Weak<Bus>,
+    listener: Mutex<Option<BarListener>>,
 }
 
 impl PciRoot {
@@ -82,7 +87,14 @@ impl PciRoot {
         Arc::new(PciRoot {
             slots: Mutex::new(slots),
             mmio: Arc::downgrade(mmio),
+            listener: Mutex::new(None),
         })
+    }
+
+    /// Calls `listener` whenever a function's BARs move (the VMM re-registers KVM
+    /// ioeventfds for the notify registers inside them).
+    pub fn set_bar_listener(&self, listener: BarListener) {
+        *self.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
 
     fn slots(&self) -> MutexGuard<'_, Vec<Option<Slot>>> {
@@ -135,11 +147,11 @@ impl PciRoot {
             return;
         };
         slot.function.config_write(offset, data);
-        self.remap(slot);
+        self.remap(device, slot);
     }
 
     /// Move the slot's BARs on the MMIO bus to where the function now decodes them.
-    fn remap(&self, slot: &mut Slot) {
+    fn remap(&self, number: u8, slot: &mut Slot) {
         let bars = slot.function.bars();
         let wanted: Vec<u64> = bars.iter().map(|b| b.base).collect();
         if wanted == slot.mapped {
@@ -148,14 +160,18 @@ impl PciRoot {
         let Some(mmio) = self.mmio.upgrade() else {
             return;
         };
-        for base in slot.mapped.drain(..) {
-            let _ = mmio.remove(base);
+        let old = std::mem::take(&mut slot.mapped);
+        for base in &old {
+            let _ = mmio.remove(*base);
         }
         for bar in bars {
             match mmio.insert(bar.device, bar.base, bar.len) {
                 Ok(()) => slot.mapped.push(bar.base),
                 Err(e) => tracing::warn!("PCI BAR at {:#x} not placed: {e}", bar.base),
             }
+        }
+        if let Some(listener) = &*self.listener.lock().unwrap_or_else(|e| e.into_inner()) {
+            listener(number, &old, &slot.mapped);
         }
     }
 
