@@ -153,6 +153,44 @@ fn set_gate(mem: &GuestMemoryMmap, vector: u64, handler: u64) {
         .unwrap();
 }
 
+/// Guest code: program both 8259s (master vectors 0x20.., slave 0x28..) with only master
+/// IRQ `irq` unmasked.
+fn init_pics(a: &mut CodeAssembler, irq: u8) {
+    for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1)] {
+        a.mov(al, v).unwrap();
+        a.out(port, al).unwrap();
+    }
+    for (port, v) in [(0xa0, 0x11), (0xa1, 0x28), (0xa1, 2), (0xa1, 1)] {
+        a.mov(al, v).unwrap();
+        a.out(port, al).unwrap();
+    }
+    a.mov(al, u32::from(!(1u8 << irq))).unwrap();
+    a.out(0x21, al).unwrap();
+    a.mov(al, 0xff).unwrap();
+    a.out(0xa1, al).unwrap();
+}
+
+/// An interrupt handler at `at` that writes 0x99 to port 0x514 and sends the master PIC
+/// an EOI.
+fn load_pic_marker_handler(mem: &GuestMemoryMmap, at: u64) {
+    load(
+        mem,
+        at,
+        &assemble(at, |a| {
+            a.push(rax).unwrap();
+            a.push(rdx).unwrap();
+            a.mov(dx, 0x514).unwrap();
+            a.mov(al, 0x99).unwrap();
+            a.out(dx, al).unwrap();
+            a.mov(al, 0x20).unwrap(); // EOI to the master PIC
+            a.out(0x20, al).unwrap();
+            a.pop(rdx).unwrap();
+            a.pop(rax).unwrap();
+            a.iretq().unwrap();
+        }),
+    );
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Access {
     Out(u16, Vec<u8>),
@@ -429,41 +467,13 @@ fn hlt_with_interrupts_off_sleeps_until_kicked() {
 fn pit_timer_interrupt_wakes_hlt() {
     let Some(g) = guest(1) else { return };
     const HANDLER: u64 = CODE + 0x800;
-    load(
-        &g.mem,
-        HANDLER,
-        &assemble(HANDLER, |a| {
-            a.push(rax).unwrap();
-            a.push(rdx).unwrap();
-            a.mov(dx, 0x514).unwrap();
-            a.mov(al, 0x99).unwrap();
-            a.out(dx, al).unwrap();
-            a.mov(al, 0x20).unwrap(); // EOI to the master PIC
-            a.out(0x20, al).unwrap();
-            a.pop(rdx).unwrap();
-            a.pop(rax).unwrap();
-            a.iretq().unwrap();
-        }),
-    );
+    load_pic_marker_handler(&g.mem, HANDLER);
     set_gate(&g.mem, 0x20, HANDLER);
     load(
         &g.mem,
         CODE,
         &assemble(CODE, |a| {
-            // 8259: ICW1..ICW4 for master (vectors 0x20..) and slave (0x28..).
-            for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1)] {
-                a.mov(al, v).unwrap();
-                a.out(port, al).unwrap();
-            }
-            for (port, v) in [(0xa0, 0x11), (0xa1, 0x28), (0xa1, 2), (0xa1, 1)] {
-                a.mov(al, v).unwrap();
-                a.out(port, al).unwrap();
-            }
-            // Only IRQ0 unmasked.
-            a.mov(al, 0xfe).unwrap();
-            a.out(0x21, al).unwrap();
-            a.mov(al, 0xff).unwrap();
-            a.out(0xa1, al).unwrap();
+            init_pics(a, 0);
             // 8254 channel 0, rate generator, 11932 ticks (10 ms).
             a.mov(al, 0x34).unwrap();
             a.out(0x43, al).unwrap();
@@ -1120,40 +1130,13 @@ fn level_irqfd_interrupts_the_guest_and_resamples_at_eoi() {
     let Some(g) = guest(1) else { return };
     const HANDLER: u64 = CODE + 0x800;
     const GSI: u32 = 5;
-    load(
-        &g.mem,
-        HANDLER,
-        &assemble(HANDLER, |a| {
-            a.push(rax).unwrap();
-            a.push(rdx).unwrap();
-            a.mov(dx, 0x514).unwrap();
-            a.mov(al, 0x99).unwrap();
-            a.out(dx, al).unwrap();
-            a.mov(al, 0x20).unwrap(); // EOI to the master PIC
-            a.out(0x20, al).unwrap();
-            a.pop(rdx).unwrap();
-            a.pop(rax).unwrap();
-            a.iretq().unwrap();
-        }),
-    );
+    load_pic_marker_handler(&g.mem, HANDLER);
     set_gate(&g.mem, 0x20 + u64::from(GSI), HANDLER);
     load(
         &g.mem,
         CODE,
         &assemble(CODE, |a| {
-            for (port, v) in [(0x20, 0x11), (0x21, 0x20), (0x21, 4), (0x21, 1)] {
-                a.mov(al, v).unwrap();
-                a.out(port, al).unwrap();
-            }
-            for (port, v) in [(0xa0, 0x11), (0xa1, 0x28), (0xa1, 2), (0xa1, 1)] {
-                a.mov(al, v).unwrap();
-                a.out(port, al).unwrap();
-            }
-            // Only IRQ 5 unmasked.
-            a.mov(al, !(1u8 << GSI) as u32).unwrap();
-            a.out(0x21, al).unwrap();
-            a.mov(al, 0xff).unwrap();
-            a.out(0xa1, al).unwrap();
+            init_pics(a, GSI as u8);
             a.sti().unwrap();
             let mut again = a.create_label();
             a.set_label(&mut again).unwrap();

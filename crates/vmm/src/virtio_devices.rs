@@ -259,6 +259,14 @@ mod tests {
         transport: VirtioTransport,
         disk: &std::path::Path,
     ) -> (Arc<Bus>, VirtioDevices) {
+        attach_on(transport, disk, None)
+    }
+
+    fn attach_on(
+        transport: VirtioTransport,
+        disk: &std::path::Path,
+        engine: Option<Arc<dyn Vm>>,
+    ) -> (Arc<Bus>, VirtioDevices) {
         let mut cfg = VmConfig::new("/k".into());
         cfg.disks
             .push(format!("path={}", disk.display()).parse().unwrap());
@@ -268,7 +276,7 @@ mod tests {
         let mem =
             Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
         let irq: Arc<dyn InterruptSink> = Arc::new(NullInterruptSink);
-        let v = attach(&cfg, &mmio, mem, irq, virtio::ignore_guest_writes(), None).unwrap();
+        let v = attach(&cfg, &mmio, mem, irq, virtio::ignore_guest_writes(), engine).unwrap();
         (mmio, v)
     }
 
@@ -348,23 +356,8 @@ mod tests {
     #[test]
     fn pci_notify_ioeventfds_follow_bar0_where_the_guest_puts_it() {
         let disk = scratch_disk("pci-kicks");
-        let mut cfg = VmConfig::new("/k".into());
-        cfg.disks
-            .push(format!("path={}", disk.display()).parse().unwrap());
-        cfg.virtio_transport = VirtioTransport::Pci;
-        let mmio = Arc::new(Bus::new());
-        let mem =
-            Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
         let engine = Arc::new(KickRecorder::default());
-        let _v = attach(
-            &cfg,
-            &mmio,
-            mem,
-            Arc::new(NullInterruptSink),
-            virtio::ignore_guest_writes(),
-            Some(engine.clone()),
-        )
-        .unwrap();
+        let (mmio, _v) = attach_on(VirtioTransport::Pci, &disk, Some(engine.clone()));
         std::fs::remove_file(&disk).unwrap();
         let ports = PciConfigPorts::new(
             Arc::new(PortSink::new(0)),

@@ -5,34 +5,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wirt_run_for, wirt_with_input, Run};
+use common::{wirt_with_input, Run};
 use image::{cmdline_with_script, BuildOptions, DEFAULT_CMDLINE};
 
-/// Generous: the software engine is slower than hardware; a hang still ends the test.
-const LIMIT: Duration = Duration::from_secs(900);
+const LIMIT: Duration = common::GUEST_LIMIT;
 
 fn boot_with_script(script: &str, cpus: &str) -> Run {
     boot_with_script_and(script, cpus, &[])
 }
 
 fn boot_with_script_and(script: &str, cpus: &str, extra: &[&str]) -> Run {
-    let img = image::build(&BuildOptions::default(), &mut |_| {})
-        .expect("building the default guest image (needs apt access to Debian's packages)");
-    let cmdline = cmdline_with_script(DEFAULT_CMDLINE, script).expect("script fits the cmdline");
-    let initrd = img.initrd.to_string_lossy().into_owned();
-    let mut args = vec![
-        "--engine",
-        "sw",
-        "--cpus",
-        cpus,
-        "--initrd",
-        &initrd,
-        "--cmdline",
-        &cmdline,
-        "--stats",
-    ];
+    let mut args = vec!["--cpus", cpus, "--stats"];
     args.extend_from_slice(extra);
-    wirt_run_for(&img.kernel, &args, LIMIT)
+    common::boot_default_guest(script, &args)
 }
 
 /// sha256 of `n` zero bytes, computed on the host for comparison.
@@ -114,12 +99,7 @@ fn virtio_blk_writes_reach_the_host_file_and_rng_gives_bytes() {
     let out = image::cmdline::script_output(&r.stdout).expect("script output");
     assert!(out.contains("read-back=file-content\n"), "{out}");
     assert!(out.contains("serial=wirt-test\n"), "{out}");
-    let rng = out
-        .lines()
-        .find_map(|l| l.strip_prefix("rng="))
-        .expect("rng line");
-    assert_eq!(rng.len(), 32, "{out}");
-    assert_ne!(rng, "0".repeat(32), "{out}");
+    common::assert_rng_line(&out);
     assert_eq!(
         &raw_bytes[2048 * 512..2048 * 512 + 16],
         b"wirt-disk-marker",

@@ -6,48 +6,25 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{wirt_run_for, Run};
-use image::{cmdline_with_script, BuildOptions, DEFAULT_CMDLINE};
+use common::{Run, Scratch};
 
-/// Generous: the software engine is slower than hardware; a hang still ends the test.
-const LIMIT: Duration = Duration::from_secs(900);
+const LIMIT: Duration = common::GUEST_LIMIT;
 
 /// Waits (bounded) for the console device node; the driver probes asynchronously.
 const WAIT_FOR_HVC0: &str =
     "i=0; while [ ! -c /dev/hvc0 ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n";
 
-fn test_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wirt-hvc-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn boot_with_console(script: &str, backend: &str) -> Run {
-    let img = image::build(&BuildOptions::default(), &mut |_| {})
-        .expect("building the default guest image (needs apt access to Debian's packages)");
-    let cmdline = cmdline_with_script(DEFAULT_CMDLINE, script).expect("script fits the cmdline");
-    let initrd = img.initrd.to_string_lossy().into_owned();
-    let args = [
-        "--engine",
-        "sw",
-        "--initrd",
-        &initrd,
-        "--cmdline",
-        &cmdline,
-        "--virtio-console",
-        backend,
-    ];
-    wirt_run_for(&img.kernel, &args, LIMIT)
+    common::boot_default_guest(script, &["--virtio-console", backend])
 }
 
 #[test]
 fn guest_output_on_hvc0_reaches_the_host_file() {
-    let dir = test_dir("file");
-    let log = dir.join("hvc0.log");
+    let dir = Scratch::new("hvc-file");
+    let log = dir.path("hvc0.log");
     let script = format!(
         "{WAIT_FOR_HVC0}\
          echo hello-from-hvc0 > /dev/hvc0 && echo written\n\
@@ -55,7 +32,6 @@ fn guest_output_on_hvc0_reaches_the_host_file() {
     );
     let r = boot_with_console(&script, &format!("file:{}", log.display()));
     let written = std::fs::read_to_string(&log).unwrap_or_default();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(r.status, 0, "{r:?}");
     let out = image::cmdline::script_output(&r.stdout).expect("script output");
     assert!(out.contains("written\n"), "{out}");
@@ -84,8 +60,8 @@ fn connect(path: &Path) -> UnixStream {
 
 #[test]
 fn a_socket_client_talks_with_the_guest_over_hvc0() {
-    let dir = test_dir("sock");
-    let socket = dir.join("hvc0.sock");
+    let dir = Scratch::new("hvc-sock");
+    let socket = dir.path("hvc0.sock");
     let client = {
         let socket = socket.clone();
         std::thread::spawn(move || {
@@ -115,7 +91,6 @@ fn a_socket_client_talks_with_the_guest_over_hvc0() {
     );
     let r = boot_with_console(&script, &format!("socket:{}", socket.display()));
     let seen = client.join().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(r.status, 0, "{r:?}");
     assert!(seen.contains("hello-host"), "{seen:?}");
     let out = image::cmdline::script_output(&r.stdout).expect("script output");

@@ -7,14 +7,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use common::{wirt_run_for, Run};
-use image::{cmdline_with_script, BuildOptions, KernelFlavour, DEFAULT_CMDLINE};
-
-/// Generous: the software engine is slower than hardware; a hang still ends the test.
-const LIMIT: Duration = Duration::from_secs(900);
+use common::{assert_rng_line, boot_guest, Run, Scratch};
+use image::KernelFlavour;
 
 /// Lists the PCI functions and virtio devices, writes a marker to /dev/vda, reads the
 /// hardware RNG, and prints the interrupt lines the virtio drivers use.
@@ -27,56 +21,18 @@ const SCRIPT: &str =
     grep virtio /proc/interrupts | sed 's/^/irq=/'\n\
     dmesg | grep MMCONFIG | sed 's/^/dmesg=/'\n";
 
-/// A scratch directory removed when the test ends.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("wirt-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Boots `flavour` with a disk and an rng over virtio-pci; returns the run, the script's
 /// output and the disk's bytes afterwards.
 fn boot(flavour: KernelFlavour, extra_cmdline: &str) -> (Run, String, Vec<u8>) {
-    let opts = BuildOptions {
-        flavour,
-        ..Default::default()
-    };
-    let img = image::build(&opts, &mut |_| {})
-        .expect("building the guest image (needs apt access to Debian's packages)");
     let scratch = Scratch::new(&format!("virtio-pci-{flavour}-{}", extra_cmdline.len()));
-    let disk = scratch.0.join("disk.img");
+    let disk = scratch.path("disk.img");
     std::fs::File::create(&disk)
         .unwrap()
         .set_len(32 << 20)
         .unwrap();
-    let base = format!("{DEFAULT_CMDLINE} {extra_cmdline}");
-    let cmdline = cmdline_with_script(base.trim_end(), SCRIPT).expect("script fits the cmdline");
-    let initrd = img.initrd.to_string_lossy().into_owned();
     let disk_arg = format!("path={}", disk.display());
-    let args = [
-        "--engine",
-        "sw",
-        "--initrd",
-        &initrd,
-        "--cmdline",
-        &cmdline,
-        "--virtio-transport",
-        "pci",
-        "--disk",
-        &disk_arg,
-        "--rng",
-    ];
-    let r = wirt_run_for(&img.kernel, &args, LIMIT);
+    let args = ["--virtio-transport", "pci", "--disk", &disk_arg, "--rng"];
+    let r = boot_guest(flavour, extra_cmdline, SCRIPT, &args);
     let bytes = std::fs::read(&disk).unwrap();
     assert_eq!(r.status, 0, "the guest must power off cleanly: {r:?}");
     assert_eq!(image::cmdline::exit_status(&r.stdout), Some(0), "{r:?}");
@@ -104,12 +60,7 @@ fn check_devices_and_io(out: &str, disk: &[u8]) {
         virtio.iter().all(|p| p.contains("/pci0000:00/0000:00:0")),
         "virtio devices must sit on the PCI bus: {out}"
     );
-    let rng = out
-        .lines()
-        .find_map(|l| l.strip_prefix("rng="))
-        .expect("rng line");
-    assert_eq!(rng.len(), 32, "{out}");
-    assert_ne!(rng, "0".repeat(32), "{out}");
+    assert_rng_line(out);
     assert_eq!(
         &disk[2048 * 512..2048 * 512 + 15],
         b"wirt-pci-marker",

@@ -7,42 +7,18 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{wirt_run_for, Run};
-use image::{cmdline_with_script, BuildOptions, DEFAULT_CMDLINE};
+use common::{Run, Scratch};
 
-/// Generous: the software engine is slower than hardware; a hang still ends the test.
-const LIMIT: Duration = Duration::from_secs(900);
+const LIMIT: Duration = common::GUEST_LIMIT;
 const GUEST_CID: &str = "3";
-
-/// A fresh directory for one test's sockets (short, so paths fit sun_path).
-fn socket_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wirt-vsock-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Boots the default guest with a vsock device on `socket`, runs `script`.
 fn boot_with_vsock(script: &str, socket: &Path) -> Run {
-    let img = image::build(&BuildOptions::default(), &mut |_| {})
-        .expect("building the default guest image (needs apt access to Debian's packages)");
-    let cmdline = cmdline_with_script(DEFAULT_CMDLINE, script).expect("script fits the cmdline");
-    let initrd = img.initrd.to_string_lossy().into_owned();
     let vsock = format!("cid={GUEST_CID},socket={}", socket.display());
-    let args = [
-        "--engine",
-        "sw",
-        "--initrd",
-        &initrd,
-        "--cmdline",
-        &cmdline,
-        "--vsock",
-        &vsock,
-    ];
-    wirt_run_for(&img.kernel, &args, LIMIT)
+    common::boot_default_guest(script, &["--vsock", &vsock])
 }
 
 /// What `seq 1 n` prints.
@@ -87,9 +63,9 @@ fn echo_server(listener: UnixListener, count: usize) -> std::thread::JoinHandle<
 
 #[test]
 fn the_guest_connects_to_a_host_socket_and_reads_the_echo() {
-    let dir = socket_dir("g2h");
-    let socket = dir.join("v.sock");
-    let listener = UnixListener::bind(dir.join("v.sock_5000")).unwrap();
+    let dir = Scratch::new("vsock-g2h");
+    let socket = dir.path("v.sock");
+    let listener = UnixListener::bind(dir.path("v.sock_5000")).unwrap();
     let server = echo_server(listener, 2);
     // One line, then 108 KB (more than one packet, and more than the guest's initial
     // receive buffers hold) whose echo is checked by hash; then a port nobody listens on.
@@ -98,7 +74,6 @@ fn the_guest_connects_to_a_host_socket_and_reads_the_echo() {
                   vsock connect 2 5999 </dev/null; echo refused=$?\n";
     let r = boot_with_vsock(script, &socket);
     let carried = server.join().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(r.status, 0, "{r:?}");
     let out = image::cmdline::script_output(&r.stdout).expect("script output");
     assert!(out.contains("hello-from-guest\nstatus=0\n"), "{out}");
@@ -137,8 +112,8 @@ fn connect_to_guest(socket: &Path, port: u32) -> (UnixStream, String) {
 
 #[test]
 fn the_host_connects_to_a_guest_listener_and_gets_its_echo() {
-    let dir = socket_dir("h2g");
-    let socket = dir.join("v.sock");
+    let dir = Scratch::new("vsock-h2g");
+    let socket = dir.path("v.sock");
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let host = {
         let (socket, payload) = (socket.clone(), payload.clone());
@@ -171,7 +146,6 @@ fn the_host_connects_to_a_guest_listener_and_gets_its_echo() {
                   cat /tmp/listening /tmp/reply\n";
     let r = boot_with_vsock(script, &socket);
     let (ok_line, echoed, from_guest) = host.join().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(r.status, 0, "{r:?}");
     let out = image::cmdline::script_output(&r.stdout).expect("script output");
     assert!(out.contains("echo-status=0\n"), "{out}");

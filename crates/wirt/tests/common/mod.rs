@@ -62,6 +62,71 @@ pub fn wirt_run_for(kernel: &Path, args: &[&str], limit: std::time::Duration) ->
     run_with_timeout(cmd, limit)
 }
 
+/// Time limit for a default-guest run: generous, since the software engine is slower
+/// than hardware; a hang still ends the test.
+pub const GUEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// Boots the default guest (`flavour`, built into the cache if missing) on the software
+/// engine with `script` in `wirt.run=` after `DEFAULT_CMDLINE extra_cmdline`, and `args`.
+pub fn boot_guest(
+    flavour: image::KernelFlavour,
+    extra_cmdline: &str,
+    script: &str,
+    args: &[&str],
+) -> Run {
+    let opts = image::BuildOptions {
+        flavour,
+        ..Default::default()
+    };
+    let img = image::build(&opts, &mut |_| {})
+        .expect("building the guest image (needs apt access to Debian's packages)");
+    let base = format!("{} {extra_cmdline}", image::DEFAULT_CMDLINE);
+    let cmdline =
+        image::cmdline_with_script(base.trim_end(), script).expect("script fits the cmdline");
+    let initrd = img.initrd.to_string_lossy().into_owned();
+    let mut all = vec!["--engine", "sw", "--initrd", &initrd, "--cmdline", &cmdline];
+    all.extend_from_slice(args);
+    wirt_run_for(&img.kernel, &all, GUEST_LIMIT)
+}
+
+/// Boots the minimal default guest with `script` and `args` (see [`boot_guest`]).
+pub fn boot_default_guest(script: &str, args: &[&str]) -> Run {
+    boot_guest(image::KernelFlavour::Minimal, "", script, args)
+}
+
+/// A fresh scratch directory, removed when dropped (paths stay short for sun_path).
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("wirt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, file: &str) -> std::path::PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The 16 random bytes a script printed as `rng=<32 hex digits>`; panics unless present
+/// and not all zero.
+pub fn assert_rng_line(out: &str) {
+    let rng = out
+        .lines()
+        .find_map(|l| l.strip_prefix("rng="))
+        .unwrap_or_else(|| panic!("no rng line in {out}"));
+    assert_eq!(rng.len(), 32, "{out}");
+    assert_ne!(rng, "0".repeat(32), "{out}");
+}
+
 /// Runs `wirt` with arbitrary arguments.
 pub fn wirt(args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wirt"));
