@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::lifecycle::{check, Op, VmState};
 use crate::model::{valid_name, BalloonTarget, Event, Stats, VmInfo, VmSpec};
 use crate::protocol::{ChildMsg, Request};
-use crate::store::{write_atomic, Store, StoreError};
+use crate::store::{write_atomic, LastRun, Store, StoreError};
 use crate::supervisor::{Exit, Launch, SupervisorError, Vmm};
 
 /// The balloon's unit: targets are whole 4 KiB pages.
@@ -36,6 +36,8 @@ struct Shared {
     program: PathBuf,
     vms: Mutex<BTreeMap<String, Entry>>,
     events: broadcast::Sender<Event>,
+    /// The daemon is stopping: VMMs that die now were killed by it.
+    stopping: AtomicBool,
 }
 
 struct Entry {
@@ -70,6 +72,30 @@ impl Entry {
             ended_run: 0,
             op: Arc::new(tokio::sync::Mutex::new(())),
             console_busy: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The entry of a stored definition, with how its last run ended if that was recorded.
+    fn restored(spec: VmSpec, last: Option<LastRun>) -> Entry {
+        let mut e = Entry::new(spec);
+        if let Some(l) = last {
+            e.state = l.state;
+            e.reason = l.reason;
+            e.exit_status = l.exit_status;
+            e.engine = l.engine;
+            e.stats = l.stats;
+        }
+        e
+    }
+
+    /// How this (ended) run ended, for the store.
+    fn last_run(&self) -> LastRun {
+        LastRun {
+            state: self.state,
+            reason: self.reason.clone(),
+            exit_status: self.exit_status,
+            engine: self.engine.clone(),
+            stats: self.stats.clone(),
         }
     }
 
@@ -136,7 +162,8 @@ pub fn vm_config(spec: &VmSpec, run_dir: &Path) -> VmConfig {
 }
 
 impl Daemon {
-    /// Opens the state directory and loads the stored definitions (all `created`).
+    /// Opens the state directory and loads the stored definitions: `created`, or `stopped`
+    /// / `failed` with the reason and counters of their last run.
     /// `program` is the `wirt` binary that runs `wirt vmm`.
     pub fn open(state_dir: &Path, program: PathBuf) -> Result<Daemon, StoreError> {
         let store = Store::open(state_dir)?;
@@ -147,7 +174,10 @@ impl Daemon {
         }
         let vms = specs
             .into_iter()
-            .map(|s| (s.name.clone(), Entry::new(s)))
+            .map(|s| {
+                let last = store.load_last_run(&s.name);
+                (s.name.clone(), Entry::restored(s, last))
+            })
             .collect();
         let (events, _) = broadcast::channel(256);
         Ok(Daemon {
@@ -156,6 +186,7 @@ impl Daemon {
                 program,
                 vms: Mutex::new(vms),
                 events,
+                stopping: AtomicBool::new(false),
             }),
         })
     }
@@ -268,6 +299,9 @@ impl Daemon {
         let json =
             serde_json::to_vec_pretty(&config).map_err(|e| ApiError::Internal(e.to_string()))?;
         write_atomic(&config_path, &json).map_err(internal)?;
+        // A run that ends without a record (the daemon itself crashed) must not show an
+        // older run's ending after a restart.
+        self.shared.store.clear_last_run(name);
         let run = {
             let mut vms = self.table();
             let e = vms
@@ -326,7 +360,7 @@ impl Daemon {
     }
 
     fn set_failed(&self, name: &str, run: u64, reason: String) {
-        {
+        let last = {
             let mut vms = self.table();
             let Some(e) = vms.get_mut(name) else { return };
             e.state = VmState::Failed;
@@ -334,7 +368,9 @@ impl Daemon {
             e.exit_status = None;
             e.ended_run = run;
             e.vmm = None;
-        }
+            e.last_run()
+        };
+        record_last_run(&self.shared, name, &last);
         self.emit(name, "failed", Some(reason));
     }
 
@@ -504,6 +540,7 @@ impl Daemon {
             .iter()
             .filter_map(|(n, e)| e.vmm.clone().map(|v| (n.clone(), v)))
             .collect();
+        self.shared.stopping.store(true, Ordering::SeqCst);
         for (_, v) in &vmms {
             v.force_kill();
         }
@@ -533,7 +570,7 @@ fn emit(shared: &Shared, vm: &str, state: &str, reason: Option<String>) {
 
 /// Called by the supervisor when run `run` of VM `name` has ended and been reaped.
 fn vmm_exited(shared: &Shared, name: &str, run: u64, exit: Exit) {
-    let (state, reason) = {
+    let (state, reason, last) = {
         let mut vms = shared.vms.lock().unwrap_or_else(|p| p.into_inner());
         let Some(e) = vms.get_mut(name) else { return };
         if e.run != run {
@@ -553,6 +590,11 @@ fn vmm_exited(shared: &Shared, name: &str, run: u64, exit: Exit) {
                 e.exit_status = Some(o.exit_status);
                 e.stats = Some(o.stats);
             }
+            None if shared.stopping.load(Ordering::SeqCst) => {
+                e.state = VmState::Stopped;
+                e.reason = Some("killed when the daemon stopped".into());
+                e.exit_status = None;
+            }
             None => {
                 let mut reason = format!("the VMM process died ({})", exit.process);
                 if let Some(l) = exit.last_log {
@@ -564,7 +606,16 @@ fn vmm_exited(shared: &Shared, name: &str, run: u64, exit: Exit) {
                 e.exit_status = None;
             }
         }
-        (e.state, e.reason.clone())
+        (e.state, e.reason.clone(), e.last_run())
     };
+    record_last_run(shared, name, &last);
     emit(shared, name, state.as_str(), reason);
+}
+
+/// Stores how a run ended; a failure to write costs only the record, so it is logged.
+fn record_last_run(shared: &Shared, name: &str, last: &LastRun) {
+    if let Err(e) = shared.store.save_last_run(name, last) {
+        tracing::warn!("cannot record how {name}'s run ended: {e}");
+        eprintln!("wirt: warning: cannot record how {name}'s run ended: {e}");
+    }
 }

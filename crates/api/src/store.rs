@@ -10,7 +10,20 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::model::{valid_name, VmSpec};
+use crate::lifecycle::VmState;
+use crate::model::{valid_name, Stats, VmSpec};
+
+/// How a VM's last run ended, kept beside its definition so that a restarted daemon still
+/// shows it (`run/<name>/last-run.json`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastRun {
+    /// `stopped` or `failed`.
+    pub state: VmState,
+    pub reason: Option<String>,
+    pub exit_status: Option<i32>,
+    pub engine: Option<String>,
+    pub stats: Option<Stats>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,6 +87,33 @@ impl Store {
             source: std::io::Error::other(e),
         })?;
         write_atomic(&self.definition(&spec.name), &json)
+    }
+
+    fn last_run_file(&self, name: &str) -> PathBuf {
+        self.root.join("run").join(name).join("last-run.json")
+    }
+
+    /// Records how VM `name`'s last run ended (atomically).
+    pub fn save_last_run(&self, name: &str, last: &LastRun) -> Result<(), StoreError> {
+        self.run_dir(name)?;
+        let path = self.last_run_file(name);
+        let json = serde_json::to_vec_pretty(last).map_err(|e| StoreError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&path, &json)
+    }
+
+    /// Forgets how VM `name`'s last run ended (a new run starts).
+    pub fn clear_last_run(&self, name: &str) {
+        let _ = fs::remove_file(self.last_run_file(name));
+    }
+
+    /// How VM `name`'s last run ended, if it ran and the record is readable.
+    pub fn load_last_run(&self, name: &str) -> Option<LastRun> {
+        let bytes = fs::read(self.last_run_file(name)).ok()?;
+        let last: LastRun = serde_json::from_slice(&bytes).ok()?;
+        matches!(last.state, VmState::Stopped | VmState::Failed).then_some(last)
     }
 
     /// Removes the definition and run files of VM `name`.
@@ -176,8 +216,19 @@ mod tests {
         let (specs, problems) = Store::open(&root).unwrap().load_all().unwrap();
         assert_eq!(specs, vec![spec("a"), spec("b")]);
         assert_eq!(problems.len(), 1);
+        let last = LastRun {
+            state: VmState::Stopped,
+            reason: Some("guest powered off".into()),
+            exit_status: Some(0),
+            engine: Some("sw".into()),
+            stats: None,
+        };
+        s.save_last_run("a", &last).unwrap();
+        assert_eq!(Store::open(&root).unwrap().load_last_run("a"), Some(last));
+        assert_eq!(s.load_last_run("b"), None, "never ran");
         s.remove("a").unwrap();
         assert!(!root.join("run/a").exists());
+        assert_eq!(s.load_last_run("a"), None);
         let (specs, _) = s.load_all().unwrap();
         assert_eq!(specs, vec![spec("b")]);
         fs::remove_dir_all(&root).unwrap();

@@ -78,13 +78,25 @@ fn two_vms_run_pause_resume_stop_and_their_definitions_survive_a_restart() {
     eventually("the VMMs are reaped", || d.children().is_empty());
     d.stop();
 
-    // A restarted daemon lists the same VMs.
+    // A restarted daemon lists the same VMs, with how their last runs ended.
     let d = Daemon::start(&dir);
     let ls = d.vm_ok(&["ls"]);
     let vms = ls["vms"].as_array().unwrap();
     let names: Vec<&str> = vms.iter().map(|v| v["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alpha", "beta"], "{ls}");
-    assert!(vms.iter().all(|v| v["state"] == "created"), "{ls}");
+    assert!(vms.iter().all(|v| v["state"] == "stopped"), "{ls}");
+    let beta = d.vm_ok(&["info", "beta"]);
+    assert!(
+        beta["reason"]
+            .as_str()
+            .unwrap()
+            .contains("killed by the user"),
+        "{beta}"
+    );
+    assert!(
+        beta["stats"]["instructions"].as_u64().unwrap() > 0,
+        "{beta}"
+    );
     assert_eq!(vms[0]["config"]["kernel"], guest.display().to_string());
     assert_eq!(vms[0]["memory_bytes"], 64 << 20);
 
@@ -176,6 +188,11 @@ fn guest_exits_vmm_crashes_and_daemon_crashes_are_handled() {
     assert_eq!(vmm.len(), 1);
     d.stop();
     assert!(!alive(vmm[0]), "a VMM outlived its daemon");
+    let d = Daemon::start(&dir);
+    let v = d.vm_ok(&["info", "victim"]);
+    assert_eq!(v["state"], "stopped", "{v}");
+    assert_eq!(v["reason"], "killed when the daemon stopped", "{v}");
+    d.stop();
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
