@@ -93,6 +93,9 @@ pub struct DiskConfig {
     pub serial: Option<String>,
     #[serde(default)]
     pub format: DiskFormat,
+    /// Open a raw image with O_DIRECT: guest I/O bypasses the host's page cache.
+    #[serde(default)]
+    pub direct: bool,
 }
 
 impl FromStr for DiskConfig {
@@ -104,6 +107,7 @@ impl FromStr for DiskConfig {
             readonly: false,
             serial: None,
             format: DiskFormat::Raw,
+            direct: false,
         };
         for (k, v) in pairs(s, Some("path"))? {
             match k {
@@ -116,6 +120,7 @@ impl FromStr for DiskConfig {
                     })
                 }
                 "readonly" => cfg.readonly = parse_bool("readonly", v)?,
+                "direct" => cfg.direct = parse_bool("direct", v)?,
                 "serial" if v.len() <= 20 && v.is_ascii() => cfg.serial = Some(v.into()),
                 "serial" => {
                     return Err(ConfigError::BadValue {
@@ -140,12 +145,19 @@ impl FromStr for DiskConfig {
                 _ => {
                     return Err(ConfigError::UnknownKey {
                         key: k.into(),
-                        expected: "path, readonly, serial, format",
+                        expected: "path, readonly, serial, format, direct",
                     })
                 }
             }
         }
         cfg.path = path.ok_or(ConfigError::Missing("path"))?;
+        if cfg.direct && cfg.format != DiskFormat::Raw {
+            return Err(ConfigError::BadValue {
+                key: "direct",
+                value: "on".into(),
+                expected: "off for qcow2 images (O_DIRECT is for raw images)",
+            });
+        }
         Ok(cfg)
     }
 }
@@ -341,6 +353,17 @@ mod tests {
 
     fn d_roundtrip() -> DiskConfig {
         "path=x,format=qcow2".parse().unwrap()
+    }
+
+    #[test]
+    fn direct_is_for_raw_images() {
+        let d: DiskConfig = "path=x,direct=on".parse().unwrap();
+        assert!(d.direct);
+        assert!(!"path=x".parse::<DiskConfig>().unwrap().direct);
+        assert!(matches!(
+            "path=x,format=qcow2,direct=on".parse::<DiskConfig>(),
+            Err(ConfigError::BadValue { key: "direct", .. })
+        ));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 pub use virtio::balloon::BalloonConfig;
-pub use virtio::config::{DiskConfig, NetConfig, VsockConfig};
+pub use virtio::config::{DiskConfig, DiskFormat, NetConfig, VsockConfig};
 
 /// Smallest guest RAM wirt accepts.
 pub const MIN_MEMORY: u64 = 16 << 20;
@@ -235,6 +235,9 @@ impl VmConfig {
         check_readable(&self.kernel, "kernel")?;
         for d in &self.disks {
             check_readable(&d.path, "disk image")?;
+            if d.direct && d.format != DiskFormat::Raw {
+                return Err(ConfigError::DirectNeedsRaw(d.path.clone()));
+            }
         }
         if let Some(t) = self.balloon_target {
             if self.balloon.is_none() {
@@ -298,6 +301,8 @@ pub enum ConfigError {
     MemoryAlignment(MemorySize),
     #[error("{0} virtio devices requested: wirt supports at most 7 per VM")]
     TooManyDevices(usize),
+    #[error("disk {}: direct=on (O_DIRECT) is for raw images", .0.display())]
+    DirectNeedsRaw(PathBuf),
     #[error("a balloon target needs a balloon device")]
     BalloonTargetWithoutBalloon,
     #[error("the virtio console cannot use stdio (the serial console does): use null, file:PATH or socket:PATH")]

@@ -66,8 +66,9 @@ impl MachineArgs {
 
 #[derive(Args, Debug, Default)]
 pub struct DeviceArgs {
-    /// A virtio-blk disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID].
-    /// Repeat for more disks (/dev/vda, /dev/vdb, ...).
+    /// A virtio-blk disk: path=FILE[,readonly=on][,format=raw|qcow2][,serial=ID]
+    /// [,direct=on] (direct: a raw image opened with O_DIRECT, bypassing the host's page
+    /// cache). Repeat for more disks (/dev/vda, /dev/vdb, ...).
     #[arg(long, value_name = "SPEC")]
     pub disk: Vec<DiskConfig>,
     /// A virtio-net interface on a TAP device: tap=NAME[,mac=52:54:00:12:34:56]

@@ -395,6 +395,9 @@ fn devices_round_trip_and_bad_devices_are_refused_before_anything_is_stored() {
         let mut format = spec("m", &spin);
         format["disks"] = json!([{"path": disk, "format": "vmdk"}]);
         c.create(bytes(&format), 422, Some("invalid_request")).await;
+        let mut direct = spec("m", &spin);
+        direct["disks"] = json!([{"path": disk, "format": "qcow2", "direct": true}]);
+        c.create(bytes(&direct), 422, Some("invalid_config")).await;
         let v = c.expect("GET", "/v1/vms", "", 200, None).await;
         assert_eq!(v, json!({"vms": []}));
         assert_eq!(
@@ -414,7 +417,7 @@ fn devices_round_trip_and_bad_devices_are_refused_before_anything_is_stored() {
         let cfg = &v["config"];
         assert_eq!(
             cfg["disks"],
-            json!([{"path": disk, "readonly": true, "serial": "abc", "format": "raw"}])
+            json!([{"path": disk, "readonly": true, "serial": "abc", "format": "raw", "direct": false}])
         );
         assert_eq!(cfg["rng"], true);
         assert_eq!(cfg["nets"], json!([]));

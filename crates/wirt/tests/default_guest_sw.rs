@@ -85,7 +85,8 @@ fn virtio_blk_writes_reach_the_host_file_and_rng_gives_bytes() {
                   echo serial=$(cat /sys/block/vdb/serial)\n\
                   echo rng=$(head -c 16 /dev/hwrng | hexdump -v -e '/1 \"%02x\"')\n";
     let disk_a = format!("path={}", raw.display());
-    let disk_b = format!("path={},serial=wirt-test", fs.display());
+    // The file-system disk goes through O_DIRECT: its bytes must still reach the file.
+    let disk_b = format!("path={},serial=wirt-test,direct=on", fs.display());
     let r = boot_with_script_and(
         script,
         "1",

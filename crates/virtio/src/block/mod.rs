@@ -57,9 +57,11 @@ impl std::fmt::Debug for Block {
 impl Block {
     pub fn new(cfg: &DiskConfig) -> Result<Self, BlockError> {
         let disk =
-            Disk::open(&cfg.path, cfg.format, cfg.readonly).map_err(|source| BlockError::Open {
-                path: cfg.path.clone(),
-                source,
+            Disk::open(&cfg.path, cfg.format, cfg.readonly, cfg.direct).map_err(|source| {
+                BlockError::Open {
+                    path: cfg.path.clone(),
+                    source,
+                }
             })?;
         let mut serial = [0u8; VIRTIO_BLK_ID_BYTES as usize];
         if let Some(s) = &cfg.serial {

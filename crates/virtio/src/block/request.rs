@@ -8,7 +8,7 @@
 
 use virtio_bindings::virtio_blk::*;
 
-use crate::block::backend::Disk;
+use crate::block::backend::{Disk, DIRECT_MEM_ALIGN};
 use crate::chain::{split_at, ChainError, ChainReader, ChainWriter, DescChain};
 use crate::guest_ram::GuestRam;
 
@@ -137,7 +137,14 @@ fn run(
     let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
     let mut writer = ChainWriter::new(ram, data_out);
-    be.buf.resize(CHUNK, 0);
+    // A page-aligned window of the bounce buffer, so that O_DIRECT disks can use it.
+    be.buf.resize(CHUNK + DIRECT_MEM_ALIGN, 0);
+    let skip = be
+        .buf
+        .as_ptr()
+        .align_offset(DIRECT_MEM_ALIGN)
+        .min(DIRECT_MEM_ALIGN);
+    let buf = &mut be.buf[skip..skip + CHUNK];
     match req_type {
         VIRTIO_BLK_T_IN => {
             if reader.remaining() != 0 {
@@ -153,8 +160,8 @@ fn run(
             let mut done = 0;
             while done < len {
                 let n = (len - done).min(CHUNK as u64) as usize;
-                be.disk.read_exact_at(&mut be.buf[..n], offset + done)?;
-                writer.write(&be.buf[..n])?;
+                be.disk.read_exact_at(&mut buf[..n], offset + done)?;
+                writer.write(&buf[..n])?;
                 done += n as u64;
             }
             *written = writer.written();
@@ -176,8 +183,8 @@ fn run(
             let mut done = 0;
             while done < len {
                 let n = (len - done).min(CHUNK as u64) as usize;
-                reader.read(&mut be.buf[..n])?;
-                be.disk.write_all_at(&be.buf[..n], offset + done)?;
+                reader.read(&mut buf[..n])?;
+                be.disk.write_all_at(&buf[..n], offset + done)?;
                 done += n as u64;
             }
         }

@@ -39,6 +39,7 @@ fn driver(disk: &TempDisk, readonly: bool) -> TestDriver {
         readonly,
         serial: Some("wirt-disk-7".into()),
         format: DiskFormat::Raw,
+        direct: false,
     };
     let mut d = TestDriver::new(Box::new(Block::new(&cfg).unwrap()));
     let all = 1 << VIRTIO_BLK_F_FLUSH
@@ -385,6 +386,7 @@ fn indirect_descriptors() {
         readonly: false,
         serial: None,
         format: DiskFormat::Raw,
+        direct: false,
     };
     let mut d = TestDriver::new(Box::new(Block::new(&cfg).unwrap()));
     d.init(1 << VIRTIO_RING_F_INDIRECT_DESC, 1, 16);
