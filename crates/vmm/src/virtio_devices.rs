@@ -280,6 +280,16 @@ mod tests {
         (mmio, v)
     }
 
+    /// The chipset's 0xcf8/0xcfc ports in front of `mmio`'s ECAM window.
+    fn chipset_ports(mmio: &Arc<Bus>) -> PciConfigPorts {
+        PciConfigPorts::new(
+            Arc::new(PortSink::new(0)),
+            mmio.clone(),
+            PCI_ECAM_START,
+            PCI_ECAM_BUSES,
+        )
+    }
+
     fn scratch_disk(name: &str) -> std::path::PathBuf {
         let p = std::env::temp_dir().join(format!("wirt-vd-{name}-{}.img", std::process::id()));
         std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
@@ -292,12 +302,7 @@ mod tests {
         let (mmio, v) = attach_with(VirtioTransport::Pci, &disk);
         std::fs::remove_file(&disk).unwrap();
         // Through the chipset's 0xcf8/0xcfc ports, as the minimal kernel probes.
-        let ports = PciConfigPorts::new(
-            Arc::new(PortSink::new(0)),
-            mmio.clone(),
-            PCI_ECAM_START,
-            PCI_ECAM_BUSES,
-        );
+        let ports = chipset_ports(&mmio);
         let cfg_read = |slot: u32, reg: u32| {
             ports.write(0, &(0x8000_0000 | slot << 11 | reg).to_le_bytes());
             let mut b = [0u8; 4];
@@ -359,12 +364,7 @@ mod tests {
         let engine = Arc::new(KickRecorder::default());
         let (mmio, _v) = attach_on(VirtioTransport::Pci, &disk, Some(engine.clone()));
         std::fs::remove_file(&disk).unwrap();
-        let ports = PciConfigPorts::new(
-            Arc::new(PortSink::new(0)),
-            mmio.clone(),
-            PCI_ECAM_START,
-            PCI_ECAM_BUSES,
-        );
+        let ports = chipset_ports(&mmio);
         let cfg_write = |reg: u32, v: u32| {
             ports.write(0, &(0x8000_0000 | 1 << 11 | reg).to_le_bytes());
             ports.write(4, &v.to_le_bytes());
