@@ -313,26 +313,21 @@ impl Cpu {
                 return false;
             }
         };
-        let mask = match self.bitness {
-            64 => u64::MAX,
-            32 => 0xffff_ffff,
-            _ => 0xffff,
-        };
-        let n = if single { 1 } else { block.instrs.len() };
+        let n = if single { 1 } else { block.steps.len() };
         let mut done = 0;
-        for (ins, kind) in block.instrs[..n].iter().zip(block.kinds.iter()) {
+        for (ins, st) in block.instrs[..n].iter().zip(block.steps[..n].iter()) {
             // A block is a trace: leave it where execution departs from it (a taken
             // conditional branch, or a jump the trace did not follow). The first
             // instruction is at RIP by construction.
-            if ins.ip() != self.rip {
+            if st.ip != self.rip {
                 break;
             }
-            self.next_rip = ins.next_ip() & mask;
+            self.next_rip = st.next_ip;
             done += 1;
             // Single-stepping (TF, interrupt shadow) may observe the state after any
             // instruction: it takes the generic path, which computes every flag.
-            let kind = if single { Kind::Generic } else { *kind };
-            if let Err(f) = self.exec_kind(io, ins, kind) {
+            let kind = if single { Kind::Generic } else { st.kind };
+            if let Err(f) = self.exec_kind(io, ins, kind, &st.ops) {
                 self.icount += done;
                 self.handle_fault(io, f);
                 self.block_end = false;

@@ -17,17 +17,28 @@ use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic
 
 use crate::cpu::{Cpu, CS};
 use crate::exceptions::R;
-use crate::exec::fast::{classify, drop_dead_flags, Kind};
+use crate::exec::fast::{classify, drop_dead_flags, operands, Kind, Operands};
 use crate::platform::Platform;
 use crate::tlb::Access;
 
 const MAX_BLOCK: usize = 64;
 const MAX_BLOCKS: usize = 1 << 16;
 
+/// What the run loop needs of one instruction, in one place (so the hot loop reads one
+/// small record per instruction instead of iced's `Instruction`).
+pub struct Step {
+    /// Address of the instruction (CS offset).
+    pub ip: u64,
+    /// Address of the next instruction, masked to the code size.
+    pub next_ip: u64,
+    pub kind: Kind,
+    pub ops: Operands,
+}
+
 pub struct Block {
     pub instrs: Vec<Instruction>,
-    /// Execution path of each instruction (parallel to `instrs`).
-    pub kinds: Vec<Kind>,
+    /// How to run each instruction (parallel to `instrs`).
+    pub steps: Vec<Step>,
     rip: u64,
     cs_base: u64,
     bitness: u32,
@@ -150,6 +161,41 @@ fn ends_block(ins: &Instruction) -> bool {
     }
 }
 
+/// The execution path and pre-decoded operands of each instruction of a block; a fast
+/// memory path whose address form `operands` cannot represent goes generic.
+fn classify_all(instrs: &[Instruction], bitness: u32) -> Vec<Step> {
+    let mask = match bitness {
+        64 => u64::MAX,
+        32 => 0xffff_ffff,
+        _ => 0xffff,
+    };
+    let (mut kinds, ops): (Vec<Kind>, Vec<Operands>) = instrs
+        .iter()
+        .map(|i| {
+            let o = operands(i, bitness);
+            let k = classify(i, bitness);
+            let k = if k.uses_mem_form() && !o.mem_ok {
+                Kind::Generic
+            } else {
+                k
+            };
+            (k, o)
+        })
+        .unzip();
+    drop_dead_flags(&mut kinds);
+    instrs
+        .iter()
+        .zip(kinds)
+        .zip(ops)
+        .map(|((i, kind), ops)| Step {
+            ip: i.ip(),
+            next_ip: i.next_ip() & mask,
+            kind,
+            ops,
+        })
+        .collect()
+}
+
 impl Cpu {
     /// The block at CS:RIP, from the cache or freshly decoded.
     /// Returns the block and, if it should go back into the front cache after running (it
@@ -225,11 +271,9 @@ impl Cpu {
                 }
             }
             if !instrs.is_empty() {
-                let mut kinds: Vec<Kind> =
-                    instrs.iter().map(|i| classify(i, self.bitness)).collect();
-                drop_dead_flags(&mut kinds);
+                let steps = classify_all(&instrs, self.bitness);
                 let block = Arc::new(Block {
-                    kinds,
+                    steps,
                     instrs,
                     rip: self.rip,
                     cs_base,
@@ -259,9 +303,10 @@ impl Cpu {
             let mut dec = Decoder::with_ip(self.bitness, &buf, self.rip, DecoderOptions::NONE);
             ins = dec.decode();
         }
+        let steps = classify_all(std::slice::from_ref(&ins), self.bitness);
         Ok((
             Arc::new(Block {
-                kinds: vec![classify(&ins, self.bitness)],
+                steps,
                 instrs: vec![ins],
                 rip: self.rip,
                 cs_base,

@@ -149,6 +149,131 @@ pub enum Kind {
     },
 }
 
+/// "No register" in [`Operands`] base/index fields.
+pub const NO_REG: u8 = 0xff;
+
+/// The operands of one instruction that the fast paths use, decoded once per block so
+/// execution does not go back to iced's accessors for every run: the immediate (or the
+/// near-branch target) and the memory operand's address form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Operands {
+    /// Immediate of operand 1, or the near-branch target of a branch.
+    pub imm: u64,
+    /// Displacement; the absolute address for RIP-relative operands.
+    pub disp: u64,
+    /// GPR index (0..16) of the base register, or [`NO_REG`].
+    pub base: u8,
+    /// GPR index (0..16) of the index register, or [`NO_REG`].
+    pub index: u8,
+    /// log2 of the index scale.
+    pub shift: u8,
+    /// Segment register index (ES..GS) of the memory operand.
+    pub seg: u8,
+    /// Address size in bytes (2, 4 or 8).
+    pub asize: u8,
+    /// Whether the memory operand (if any) fits this form; fast memory kinds need it.
+    pub mem_ok: bool,
+}
+
+/// GPR index of a 16/32/64-bit general-purpose register (as an address register).
+fn addr_gpr(r: Register) -> Option<u8> {
+    let n = r as usize;
+    match n {
+        21..=36 => Some((n - 21) as u8),
+        37..=52 => Some((n - 37) as u8),
+        53..=68 => Some((n - 53) as u8),
+        _ => None,
+    }
+}
+
+/// Decodes the operands of `ins` (decoded in `bitness`-bit code) for the fast paths; the
+/// address computation reproduces `Cpu::ea` and `Cpu::mem_lin`.
+pub fn operands(ins: &Instruction, bitness: u32) -> Operands {
+    let imm = match ins.op0_kind() {
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
+            ins.near_branch_target()
+        }
+        _ if ins.op_count() > 1 => ins.try_immediate(1).unwrap_or(0),
+        _ => 0,
+    };
+    let mut o = Operands {
+        imm,
+        disp: 0,
+        base: NO_REG,
+        index: NO_REG,
+        shift: 0,
+        seg: 0,
+        asize: 8,
+        mem_ok: false,
+    };
+    let has_mem = (0..ins.op_count()).any(|i| ins.op_kind(i) == OpKind::Memory);
+    if !has_mem {
+        return o;
+    }
+    let seg = (ins.memory_segment() as usize).saturating_sub(Register::ES as usize);
+    o.seg = seg.min(5) as u8;
+    o.disp = ins.memory_displacement64();
+    let base = ins.memory_base();
+    let index = ins.memory_index();
+    if base == Register::RIP || base == Register::EIP {
+        if index != Register::None {
+            return o;
+        }
+        o.asize = if base == Register::RIP { 8 } else { 4 };
+        o.mem_ok = true;
+        return o;
+    }
+    let asize = if base != Register::None {
+        let Some(b) = addr_gpr(base) else { return o };
+        o.base = b;
+        base.size()
+    } else if index != Register::None {
+        index.size()
+    } else {
+        match ins.memory_displ_size() {
+            8 => 8,
+            4 => 4,
+            2 => 2,
+            _ => (bitness / 8) as usize,
+        }
+    };
+    if index != Register::None {
+        let Some(i) = addr_gpr(index) else { return o };
+        o.index = i;
+        o.shift = match ins.memory_index_scale() {
+            1 => 0,
+            2 => 1,
+            4 => 2,
+            8 => 3,
+            _ => return o,
+        };
+    }
+    if !matches!(asize, 2 | 4 | 8) {
+        return o;
+    }
+    o.asize = asize as u8;
+    o.mem_ok = true;
+    o
+}
+
+impl Kind {
+    /// Whether this fast path addresses memory through [`Operands`].
+    pub fn uses_mem_form(&self) -> bool {
+        matches!(
+            self,
+            Kind::Load { .. }
+                | Kind::Store { .. }
+                | Kind::LoadZx { .. }
+                | Kind::Lea { .. }
+                | Kind::AluRM { .. }
+                | Kind::CmpTestM { .. }
+                | Kind::StoreImm { .. }
+                | Kind::LoadSx { .. }
+                | Kind::StoreNarrow { .. }
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShiftOp {
     Shl,
@@ -426,7 +551,7 @@ impl Cpu {
             AluOp::Xor => (a ^ b, LazyOp::Logic, true),
         };
         self.flags.op = lazy;
-        self.flags.size = size;
+        self.flags.size = u32::from(size);
         self.flags.a = a;
         self.flags.b = b;
         self.flags.res = res;
@@ -444,24 +569,25 @@ impl Cpu {
         io: &mut dyn Platform,
         ins: &Instruction,
         kind: Kind,
+        o: &Operands,
     ) -> R<()> {
         match kind {
             Kind::Generic => self.exec(io, ins),
             Kind::Nop => Ok(()),
             Kind::Jcc(cc) => {
                 if self.flags.cond(cc) {
-                    self.next_rip = ins.near_branch_target();
+                    self.next_rip = o.imm;
                 }
                 Ok(())
             }
             Kind::Jmp => {
-                self.next_rip = ins.near_branch_target();
+                self.next_rip = o.imm;
                 Ok(())
             }
             Kind::Call64 => {
                 let ret = self.next_rip;
                 self.push(io, ret, 8)?;
-                self.next_rip = ins.near_branch_target();
+                self.next_rip = o.imm;
                 Ok(())
             }
             Kind::Ret64 => {
@@ -489,31 +615,31 @@ impl Cpu {
                 Ok(())
             }
             Kind::MovRI { d, size } => {
-                put(self, d, size, ins.try_immediate(1).unwrap_or(0));
+                put(self, d, size, o.imm);
                 Ok(())
             }
             Kind::Load { d, size } => {
-                let lin = self.mem_lin(ins);
+                let lin = self.lin_of(o);
                 let user = self.user();
                 let v = self.read_lin(io, lin, size as usize, user)?;
                 put(self, d, size, v);
                 Ok(())
             }
             Kind::Store { s, size } => {
-                let lin = self.mem_lin(ins);
+                let lin = self.lin_of(o);
                 let user = self.user();
                 let v = self.gpr[s as usize];
                 self.write_lin(io, lin, size as usize, v, user)
             }
             Kind::LoadZx { d, src } => {
-                let lin = self.mem_lin(ins);
+                let lin = self.lin_of(o);
                 let user = self.user();
                 let v = self.read_lin(io, lin, src as usize, user)?;
                 put(self, d, 4, v);
                 Ok(())
             }
             Kind::Lea { d, size } => {
-                let v = self.ea(ins);
+                let v = self.ea_of(o);
                 put(self, d, size, v);
                 Ok(())
             }
@@ -529,7 +655,7 @@ impl Cpu {
             Kind::AluRI { op, d, size } => {
                 let mk = mask(size as usize);
                 let a = self.gpr[d as usize] & mk;
-                let b = ins.try_immediate(1).unwrap_or(0) & mk;
+                let b = o.imm & mk;
                 if let Some(r) = self.alu(op, size, a, b) {
                     put(self, d, size, r);
                 }
@@ -537,7 +663,7 @@ impl Cpu {
             }
             Kind::AluRM { op, d, size } => {
                 let mk = mask(size as usize);
-                let lin = self.mem_lin(ins);
+                let lin = self.lin_of(o);
                 let user = self.user();
                 let b = self.read_lin(io, lin, size as usize, user)? & mk;
                 let a = self.gpr[d as usize] & mk;
@@ -548,11 +674,11 @@ impl Cpu {
             }
             Kind::CmpTestM { op, size, imm } => {
                 let mk = mask(size as usize);
-                let lin = self.mem_lin(ins);
+                let lin = self.lin_of(o);
                 let user = self.user();
                 let a = self.read_lin(io, lin, size as usize, user)? & mk;
                 let b = if imm {
-                    ins.try_immediate(1).unwrap_or(0)
+                    o.imm
                 } else {
                     self.reg_read(ins.op1_register())
                 } & mk;
@@ -560,9 +686,9 @@ impl Cpu {
                 Ok(())
             }
             Kind::StoreImm { size } => {
-                let lin = self.mem_lin(ins);
+                let lin = self.lin_of(o);
                 let user = self.user();
-                let v = ins.try_immediate(1).unwrap_or(0) & mask(size as usize);
+                let v = o.imm & mask(size as usize);
                 self.write_lin(io, lin, size as usize, v, user)
             }
             Kind::IncDec { inc, d, size } => {
@@ -610,14 +736,14 @@ impl Cpu {
                 Ok(())
             }
             Kind::LoadSx { d, size, src } => {
-                let lin = self.mem_lin(ins);
+                let lin = self.lin_of(o);
                 let user = self.user();
                 let v = self.read_lin(io, lin, src as usize, user)?;
                 put(self, d, size, sign_extend(v, src as usize));
                 Ok(())
             }
             Kind::StoreNarrow { size } => {
-                let lin = self.mem_lin(ins);
+                let lin = self.lin_of(o);
                 let user = self.user();
                 let v = self.reg_read(ins.op1_register());
                 self.write_lin(io, lin, size as usize, v, user)
@@ -650,6 +776,25 @@ impl Cpu {
                 Ok(())
             }
         }
+    }
+
+    /// Effective address of a memory operand in precomputed form (as `Cpu::ea`).
+    #[inline(always)]
+    fn ea_of(&self, o: &Operands) -> u64 {
+        let mut a = o.disp;
+        if o.base != NO_REG {
+            a = a.wrapping_add(self.gpr[o.base as usize & 15]);
+        }
+        if o.index != NO_REG {
+            a = a.wrapping_add(self.gpr[o.index as usize & 15] << o.shift);
+        }
+        a & mask(o.asize as usize)
+    }
+
+    /// Linear address of a memory operand in precomputed form (as `Cpu::mem_lin`).
+    #[inline(always)]
+    fn lin_of(&self, o: &Operands) -> u64 {
+        self.seg_lin(o.seg as usize, self.ea_of(o))
     }
 
     /// A shift or rotate of a 32/64-bit register by a nonzero immediate count, with the
@@ -795,6 +940,60 @@ mod tests {
             kind_of(&[0x66, 0x89, 0x03]), // mov [rbx], ax
             Kind::StoreNarrow { size: 2 }
         );
+    }
+
+    /// The pre-decoded address forms compute the same effective and linear addresses as
+    /// the generic `ea`/`mem_lin` in every code size, with 16/32-bit address-size
+    /// overrides, RIP-relative operands, segment overrides and every scale.
+    #[test]
+    fn operand_forms_compute_the_same_addresses_as_the_generic_path() {
+        use crate::cpu::FS;
+        let mem =
+            vm_memory::GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 4096)]).unwrap();
+        let mut cpu = Cpu::new(&mem);
+        let cases: &[(u32, &[u8])] = &[
+            (64, &[0x48, 0x8b, 0x04, 0xcf]),             // mov rax, [rdi+rcx*8]
+            (64, &[0x48, 0x8b, 0x5c, 0x8f, 0x08]),       // mov rbx, [rdi+rcx*4+8]
+            (64, &[0x48, 0x8b, 0x05, 0x10, 0, 0, 0]),    // mov rax, [rip+0x10]
+            (64, &[0x67, 0x8b, 0x05, 0x10, 0, 0, 0]),    // mov eax, [eip+0x10]
+            (64, &[0x67, 0x48, 0x8b, 0x44, 0x48, 0xf0]), // mov rax, [eax+ecx*2-0x10]
+            (64, &[0x64, 0x48, 0x8b, 0x04, 0x25, 0x28, 0, 0, 0]), // mov rax, fs:[0x28]
+            (64, &[0x4a, 0x8d, 0x04, 0x6d, 0, 0, 0, 0]), // lea rax, [r13*2+0]
+            (64, &[0x48, 0x8d, 0x44, 0x24, 0x80]),       // lea rax, [rsp-0x80]
+            (64, &[0x8a, 0x84, 0x11, 0x78, 0x56, 0x34, 0x92]), // mov al, [rcx+rdx-...]
+            (32, &[0x8b, 0x44, 0x8b, 0xfc]),             // mov eax, [ebx+ecx*4-4]
+            (32, &[0x8b, 0x05, 0xf0, 0xff, 0xff, 0xff]), // mov eax, [0xfffffff0]
+            (32, &[0x64, 0x8b, 0x03]),                   // mov eax, fs:[ebx]
+            (32, &[0x67, 0x8b, 0x47, 0x10]),             // mov eax, [bx+0x10]
+            (16, &[0x8b, 0x40, 0xfe]),                   // mov ax, [bx+si-2]
+            (16, &[0x8b, 0x06, 0x34, 0x12]),             // mov ax, [0x1234]
+            (16, &[0x66, 0x67, 0x8b, 0x04, 0x4b]),       // mov eax, [ebx+ecx*2]
+        ];
+        let values = [
+            0u64,
+            0x10,
+            0xffff_fff0,
+            0xffff_ffff_ffff_fff8,
+            0x0000_7fff_1234_5678,
+            0x8000_0000_0000_0000,
+        ];
+        for &(bitness, bytes) in cases {
+            let ins = Decoder::with_ip(bitness, bytes, 0xfff8, DecoderOptions::NONE).decode();
+            let o = operands(&ins, bitness);
+            assert!(o.mem_ok, "{bytes:02x?}");
+            cpu.bitness = bitness;
+            cpu.seg[FS].base = 0x1_0000;
+            for (i, v) in values.iter().enumerate() {
+                for n in 0..16 {
+                    cpu.gpr[n] = v.wrapping_add((n as u64) << (i * 4)).rotate_left(n as u32);
+                }
+                assert_eq!(cpu.ea_of(&o), cpu.ea(&ins), "{bitness} {bytes:02x?}");
+                assert_eq!(cpu.lin_of(&o), cpu.mem_lin(&ins), "{bitness} {bytes:02x?}");
+            }
+        }
+        // No memory operand: nothing to compute, and memory kinds would go generic.
+        let ins = Decoder::with_ip(64, &[0x01, 0xd8], 0, DecoderOptions::NONE).decode();
+        assert!(!operands(&ins, 64).mem_ok);
     }
 
     fn shift_flags(k: &Kind) -> Option<bool> {
