@@ -7,7 +7,7 @@
 //! `cargo bench -p wirt-bench --bench emu`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use emu::{Cpu, CpuRegs, Exit, Platform, SegmentState, TableState};
+use emu::{Cpu, CpuRegs, Exit, Platform};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Where the loop code goes.
@@ -54,28 +54,7 @@ fn memory(code: &[u8]) -> GuestMemoryMmap {
 
 /// 64-bit mode with paging, RIP at [`CODE`], RCX = `count`, RDI = [`DATA`].
 fn long_mode(count: u64) -> CpuRegs {
-    let seg = |selector, type_, l| SegmentState {
-        selector,
-        limit: 0xffff_ffff,
-        type_,
-        s: true,
-        present: true,
-        l,
-        db: !l,
-        g: true,
-        ..Default::default()
-    };
-    let mut r = CpuRegs::reset();
-    r.cs = seg(8, 0xb, true);
-    r.ds = seg(0x10, 3, false);
-    r.es = r.ds;
-    r.ss = r.ds;
-    r.gdt = TableState { base: 0, limit: 0 };
-    r.cr0 = 0x8000_0011;
-    r.cr3 = 0x1000;
-    r.cr4 = 0x20;
-    r.efer = 0x500;
-    r.rip = CODE;
+    let mut r = CpuRegs::flat_long_mode(8, 0x1000, CODE);
     r.gpr[1] = count;
     r.gpr[4] = 0x8000;
     r.gpr[7] = DATA;

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::Instant;
 
-use emu::{Cpu, CpuRegs, Exit, Platform, SegmentState, TableState};
+use emu::{Cpu, CpuRegs, Exit, Platform, TableState};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const RAM: usize = 512 << 20;
@@ -121,34 +121,14 @@ fn main() {
         mem.write_obj(*d, GuestAddress(0x500 + i as u64 * 8))
             .unwrap();
     }
-    let seg = |sel, type_, l| SegmentState {
-        selector: sel,
-        limit: 0xffff_ffff,
-        type_,
-        s: true,
-        present: true,
-        l,
-        db: !l,
-        g: true,
-        ..Default::default()
-    };
-    let mut r = CpuRegs::reset();
-    r.cs = seg(0x10, 0xb, true);
-    r.ds = seg(0x18, 3, false);
-    r.es = r.ds;
-    r.ss = r.ds;
-    r.fs = r.ds;
-    r.gs = r.ds;
+    let mut r = CpuRegs::flat_long_mode(0x10, 0x1000, KERNEL + 0x200); // 64-bit entry
     r.gdt = TableState {
         base: 0x500,
         limit: 31,
     };
     r.idt = TableState { base: 0, limit: 0 };
-    r.cr0 = 0x8005_0033;
-    r.cr3 = 0x1000;
-    r.cr4 = 0x6a0;
-    r.efer = 0x500;
-    r.rip = KERNEL + 0x200; // 64-bit entry point
+    r.cr0 = 0x8005_0033; // also WP, NE, MP: as Linux's 64-bit boot protocol leaves it
+    r.cr4 = 0x6a0; // also OSFXSR, OSXMMEXCPT, PGE
     r.gpr[6] = BOOT_PARAMS; // rsi
     r.gpr[4] = 0x8000;
     let mut cpu = Cpu::new(&mem);

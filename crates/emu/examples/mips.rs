@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use emu::{Cpu, CpuRegs, Exit, Platform, SegmentState, TableState};
+use emu::{Cpu, CpuRegs, Exit, Platform};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 struct Null;
@@ -56,28 +56,7 @@ fn main() {
         0xf4, // hlt
     ];
     mem.write_slice(code, GuestAddress(0x10000)).unwrap();
-    let seg = |sel, type_, l| SegmentState {
-        selector: sel,
-        limit: 0xffff_ffff,
-        type_,
-        s: true,
-        present: true,
-        l,
-        db: !l,
-        g: true,
-        ..Default::default()
-    };
-    let mut r = CpuRegs::reset();
-    r.cs = seg(8, 0xb, true);
-    r.ds = seg(0x10, 3, false);
-    r.es = r.ds;
-    r.ss = r.ds;
-    r.gdt = TableState { base: 0, limit: 0 };
-    r.cr0 = 0x8000_0011;
-    r.cr3 = 0x1000;
-    r.cr4 = 0x20;
-    r.efer = 0x500;
-    r.rip = 0x10000;
+    let mut r = CpuRegs::flat_long_mode(8, 0x1000, 0x10000);
     r.gpr[1] = iters as u64;
     r.gpr[4] = 0x8000;
     let mut cpu = Cpu::new(&mem);

@@ -96,6 +96,37 @@ pub struct CpuRegs {
 }
 
 impl CpuRegs {
+    /// 64-bit mode with paging (page tables at `cr3`), flat segments: a 64-bit code
+    /// segment with selector `code`, data segments (DS, ES, FS, GS, SS) with `code + 8`;
+    /// RIP at `rip`. The GDT register is left empty: loaded segments need no table.
+    pub fn flat_long_mode(code: u16, cr3: u64, rip: u64) -> Self {
+        let seg = |selector, type_, l: bool| SegmentState {
+            selector,
+            limit: 0xffff_ffff,
+            type_,
+            s: true,
+            present: true,
+            l,
+            db: !l,
+            g: true,
+            ..Default::default()
+        };
+        let mut r = CpuRegs::reset();
+        r.cs = seg(code, 0xb, true);
+        r.ds = seg(code + 8, 3, false);
+        r.es = r.ds;
+        r.fs = r.ds;
+        r.gs = r.ds;
+        r.ss = r.ds;
+        r.gdt = TableState { base: 0, limit: 0 };
+        r.cr0 = 0x8000_0011; // PG, ET, PE
+        r.cr3 = cr3;
+        r.cr4 = 0x20; // PAE
+        r.efer = 0x500; // LMA, LME
+        r.rip = rip;
+        r
+    }
+
     /// The architectural RESET state (real mode, CS:IP = F000:FFF0).
     pub fn reset() -> Self {
         let data = SegmentState {

@@ -41,7 +41,7 @@ enum VmCommand {
     Pause { name: String },
     /// Resume a paused VM.
     Resume { name: String },
-    /// Ask the guest to power off (press the ACPI power button, again every 5 s, since a
+    /// Ask the guest to power off (the VMM presses the ACPI power button, again every 5 s, since a
     /// guest still booting may not listen yet); kill it if it has not after --timeout seconds.
     Stop {
         name: String,
@@ -235,14 +235,9 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// How often `stop` presses the power button again: a guest still booting has no one
-/// listening to the button yet, and a press nobody hears is lost.
-const REPRESS: Duration = Duration::from_secs(5);
-
 async fn stop(c: &Client, name: &str, timeout: u64, brief: &dyn Fn(&Value)) -> anyhow::Result<i32> {
     c.call("POST", &vm_path(name, "shutdown"), None).await?;
     let deadline = Instant::now() + Duration::from_secs(timeout);
-    let mut next_press = Instant::now() + REPRESS;
     loop {
         let v = c.call("GET", &vm_path(name, ""), None).await?;
         let state = str_of(&v["state"]);
@@ -258,13 +253,6 @@ async fn stop(c: &Client, name: &str, timeout: u64, brief: &dyn Fn(&Value)) -> a
                 Err(e) => return Err(e.into()),
             }
             return Ok(7);
-        }
-        if Instant::now() >= next_press {
-            next_press += REPRESS;
-            match c.call("POST", &vm_path(name, "shutdown"), None).await {
-                Ok(_) | Err(ClientError::Api { status: 409, .. }) => {} // 409: it stopped
-                Err(e) => return Err(e.into()),
-            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

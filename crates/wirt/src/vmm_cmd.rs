@@ -8,7 +8,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use api::protocol::{line, ChildMsg, Envelope, Outcome, Request};
@@ -16,6 +16,9 @@ use clap::Args;
 use vmm::config::VmConfig;
 use vmm::outcome::StopReason;
 use vmm::{RunOptions, RunningVm, VmState};
+
+/// How often the power button is pressed again after a shutdown request.
+const REPRESS: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug)]
 pub struct VmmArgs {
@@ -96,12 +99,24 @@ pub fn run(args: VmmArgs) -> anyhow::Result<i32> {
         })
         .context("cannot start the control thread")?;
 
+    // After a shutdown request the power button is pressed again every REPRESS: a press
+    // made while the guest is still booting has nobody listening and is lost.
+    let mut next_press: Option<Instant> = None;
     loop {
         if let VmState::Stopped(_) = vm.state() {
             break;
         }
+        if next_press.is_some_and(|t| Instant::now() >= t) {
+            vm.request_shutdown();
+            next_press = Some(Instant::now() + REPRESS);
+        }
         match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Some(req)) => say(req.id, handle(&vm, req.msg)),
+            Ok(Some(req)) => {
+                if matches!(req.msg, Request::Shutdown) {
+                    next_press = Some(Instant::now() + REPRESS);
+                }
+                say(req.id, handle(&vm, req.msg))
+            }
             Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                 vm.stop(StopReason::UserQuit);
                 break;

@@ -20,6 +20,15 @@ struct Checked {
 }
 
 impl Checked {
+    /// A client of the daemon at `socket` that checks answers against the OpenAPI document.
+    fn new(socket: &std::path::Path) -> Checked {
+        Checked {
+            client: Client::new(socket),
+            doc: document(),
+            covered: BTreeSet::new(),
+        }
+    }
+
     /// `template` is the documented path; `path` the concrete one.
     async fn call(
         &mut self,
@@ -83,11 +92,7 @@ fn every_documented_path_answers_as_documented_and_bad_input_is_refused() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = Checked {
-            client: Client::new(&d.socket),
-            doc: document(),
-            covered: BTreeSet::new(),
-        };
+        let mut c = Checked::new(&d.socket);
         let spin = long_running_guest();
 
         let served = c.expect("GET", "/openapi.json", "", 200, None).await;
@@ -365,11 +370,7 @@ fn devices_round_trip_and_bad_devices_are_refused_before_anything_is_stored() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = Checked {
-            client: Client::new(&d.socket),
-            doc: document(),
-            covered: BTreeSet::new(),
-        };
+        let mut c = Checked::new(&d.socket);
 
         // Refused, with nothing stored: a disk that does not exist, 8 devices, a balloon
         // target that is not below memory, a target without a balloon, an unknown disk
