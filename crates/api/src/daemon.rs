@@ -158,6 +158,7 @@ pub fn vm_config(spec: &VmSpec, run_dir: &Path) -> VmConfig {
         balloon_target: spec.balloon_target,
         virtio_console: spec.virtio_console.clone(),
         virtio_transport: spec.virtio_transport,
+        cpu_features: spec.cpu_features.clone(),
     }
 }
 

@@ -68,6 +68,9 @@ pub struct VmSpec {
     /// How the virtio devices reach the guest: `mmio` or `pci`.
     #[serde(default, skip_serializing_if = "is_mmio")]
     pub virtio_transport: VirtioTransport,
+    /// Edits of the CPU model, e.g. `["-x2apic", "+tsc-deadline"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_features: Vec<vmm::config::FeatureEdit>,
 }
 
 fn is_mmio(t: &VirtioTransport) -> bool {

@@ -22,6 +22,9 @@
 //!   max leaf 0x4000_0001; leaf 0x4000_0001 EAX lists the KVM PV features in
 //!   [`CpuidPolicy::kvm_pv_features`], intersected with what the host offers. Without
 //!   them (software engine) the hypervisor leaves are absent.
+//! - **User edits** ([`CpuidPolicy::edits`], `--cpu-features +x2apic,-pcid`): a named
+//!   feature ([`FEATURES`], QEMU's names) is removed, or kept only if the engine offers
+//!   it: [`check_edits`] refuses to add what the engine cannot back.
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +106,201 @@ pub const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
 /// "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
 pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 
+/// A named CPU feature: where CPUID reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feature {
+    /// QEMU's name for it (`-cpu qemu64,+name`); `_` and `-` are interchangeable.
+    pub name: &'static str,
+    pub function: u32,
+    pub index: u32,
+    pub reg: Reg,
+    pub bit: u32,
+}
+
+const fn feat(name: &'static str, function: u32, index: u32, reg: Reg, bit: u32) -> Feature {
+    Feature {
+        name,
+        function,
+        index,
+        reg,
+        bit,
+    }
+}
+
+/// The features `--cpu-features` can name.
+pub const FEATURES: &[Feature] = &[
+    feat("sse3", 1, 0, Reg::Ecx, 0),
+    feat("pclmulqdq", 1, 0, Reg::Ecx, 1),
+    feat("monitor", 1, 0, Reg::Ecx, 3),
+    feat("vmx", 1, 0, Reg::Ecx, 5),
+    feat("ssse3", 1, 0, Reg::Ecx, 9),
+    feat("fma", 1, 0, Reg::Ecx, 12),
+    feat("cx16", 1, 0, Reg::Ecx, 13),
+    feat("pcid", 1, 0, Reg::Ecx, 17),
+    feat("sse4.1", 1, 0, Reg::Ecx, 19),
+    feat("sse4.2", 1, 0, Reg::Ecx, 20),
+    feat("x2apic", 1, 0, Reg::Ecx, 21),
+    feat("movbe", 1, 0, Reg::Ecx, 22),
+    feat("popcnt", 1, 0, Reg::Ecx, 23),
+    feat("tsc-deadline", 1, 0, Reg::Ecx, 24),
+    feat("aes", 1, 0, Reg::Ecx, 25),
+    feat("xsave", 1, 0, Reg::Ecx, 26),
+    feat("avx", 1, 0, Reg::Ecx, 28),
+    feat("f16c", 1, 0, Reg::Ecx, 29),
+    feat("rdrand", 1, 0, Reg::Ecx, 30),
+    feat("pse", 1, 0, Reg::Edx, 3),
+    feat("pae", 1, 0, Reg::Edx, 6),
+    feat("apic", 1, 0, Reg::Edx, 9),
+    feat("pge", 1, 0, Reg::Edx, 13),
+    feat("pat", 1, 0, Reg::Edx, 16),
+    feat("fsgsbase", 7, 0, Reg::Ebx, 0),
+    feat("tsc-adjust", 7, 0, Reg::Ebx, 1),
+    feat("bmi1", 7, 0, Reg::Ebx, 3),
+    feat("avx2", 7, 0, Reg::Ebx, 5),
+    feat("smep", 7, 0, Reg::Ebx, 7),
+    feat("bmi2", 7, 0, Reg::Ebx, 8),
+    feat("erms", 7, 0, Reg::Ebx, 9),
+    feat("invpcid", 7, 0, Reg::Ebx, 10),
+    feat("smap", 7, 0, Reg::Ebx, 20),
+    feat("umip", 7, 0, Reg::Ecx, 2),
+    feat("pku", 7, 0, Reg::Ecx, 3),
+    feat("la57", 7, 0, Reg::Ecx, 16),
+    feat("rdpid", 7, 0, Reg::Ecx, 22),
+    feat("pks", 7, 0, Reg::Ecx, 31),
+    feat("lahf-lm", 0x8000_0001, 0, Reg::Ecx, 0),
+    feat("svm", 0x8000_0001, 0, Reg::Ecx, 2),
+    feat("abm", 0x8000_0001, 0, Reg::Ecx, 5),
+    feat("syscall", 0x8000_0001, 0, Reg::Edx, 11),
+    feat("nx", 0x8000_0001, 0, Reg::Edx, 20),
+    feat("pdpe1gb", 0x8000_0001, 0, Reg::Edx, 26),
+    feat("rdtscp", 0x8000_0001, 0, Reg::Edx, 27),
+    feat("lm", 0x8000_0001, 0, Reg::Edx, 29),
+];
+
+/// Looks a feature up by name (`tsc_deadline` and `tsc-deadline` are the same).
+pub fn feature(name: &str) -> Option<&'static Feature> {
+    let norm = name.replace('_', "-");
+    FEATURES.iter().find(|f| f.name == norm)
+}
+
+/// Adding (`+name`) or removing (`-name`) one feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeatureEdit {
+    pub feature: &'static str,
+    pub enable: bool,
+}
+
+/// A feature edit that cannot be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FeatureError {
+    #[error("CPU feature edit `{0}` must start with + or - (e.g. +x2apic,-pcid)")]
+    NoSign(String),
+    #[error("unknown CPU feature `{0}` (known: {known})", known = known_names())]
+    Unknown(String),
+    #[error("the {engine} cannot offer CPU feature `{feature}`")]
+    Unsupported {
+        feature: &'static str,
+        engine: &'static str,
+    },
+}
+
+fn known_names() -> String {
+    FEATURES
+        .iter()
+        .map(|f| f.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl std::str::FromStr for FeatureEdit {
+    type Err = FeatureError;
+
+    fn from_str(s: &str) -> Result<Self, FeatureError> {
+        let s = s.trim();
+        let (enable, name) = match (s.strip_prefix('+'), s.strip_prefix('-')) {
+            (Some(n), _) => (true, n),
+            (_, Some(n)) => (false, n),
+            _ => return Err(FeatureError::NoSign(s.to_string())),
+        };
+        let f = feature(name).ok_or_else(|| FeatureError::Unknown(name.to_string()))?;
+        Ok(FeatureEdit {
+            feature: f.name,
+            enable,
+        })
+    }
+}
+
+impl TryFrom<String> for FeatureEdit {
+    type Error = FeatureError;
+    fn try_from(s: String) -> Result<Self, FeatureError> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for FeatureEdit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", if self.enable { '+' } else { '-' }, self.feature)
+    }
+}
+
+/// Serialized as its text (`"+x2apic"`), the form the CLI and config files use.
+impl Serialize for FeatureEdit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FeatureEdit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a comma-separated list such as `+x2apic,-pcid`.
+pub fn parse_edits(list: &str) -> Result<Vec<FeatureEdit>, FeatureError> {
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::parse)
+        .collect()
+}
+
+fn reg_mut(e: &mut CpuidEntry, r: Reg) -> &mut u32 {
+    match r {
+        Reg::Eax => &mut e.eax,
+        Reg::Ebx => &mut e.ebx,
+        Reg::Ecx => &mut e.ecx,
+        Reg::Edx => &mut e.edx,
+    }
+}
+
+fn has_bit(entries: &[CpuidEntry], f: &Feature) -> bool {
+    find(entries, f.function, f.index).is_some_and(|e| {
+        let mut e = *e;
+        *reg_mut(&mut e, f.reg) & (1 << f.bit) != 0
+    })
+}
+
+/// Checks that every `+feature` in `edits` is offered by `guest` (the entries
+/// [`guest_cpuid`] computed with the edits left out): an engine is never made to claim
+/// what it cannot do.
+pub fn check_edits(
+    guest: &[CpuidEntry],
+    edits: &[FeatureEdit],
+    engine: &'static str,
+) -> Result<(), FeatureError> {
+    for e in edits.iter().filter(|e| e.enable) {
+        let f = feature(e.feature).ok_or_else(|| FeatureError::Unknown(e.feature.into()))?;
+        if !has_bit(guest, f) {
+            return Err(FeatureError::Unsupported {
+                feature: f.name,
+                engine,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// What the engine and interrupt controller can back.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuidPolicy {
@@ -116,6 +314,10 @@ pub struct CpuidPolicy {
     pub pmu: bool,
     /// Further bits to clear.
     pub clear: Vec<CpuidMask>,
+    /// The user's feature edits: `-f` clears f's bit; `+f` keeps it (validated by
+    /// [`check_edits`]; a feature the engine offers is on by default).
+    #[serde(default)]
+    pub edits: Vec<FeatureEdit>,
 }
 
 impl CpuidPolicy {
@@ -127,6 +329,7 @@ impl CpuidPolicy {
             x2apic: true,
             pmu: false,
             clear: Vec::new(),
+            edits: Vec::new(),
         }
     }
 
@@ -138,6 +341,7 @@ impl CpuidPolicy {
             x2apic: false,
             pmu: false,
             clear: Vec::new(),
+            edits: Vec::new(),
         }
     }
 }
@@ -181,8 +385,9 @@ pub fn guest_cpuid(host: &[CpuidEntry], id: u32, n: u32, policy: &CpuidPolicy) -
     for e in host {
         let mut e = *e;
         match e.function {
-            // Hypervisor range: rebuilt below.
-            0x4000_0000..=0x4fff_ffff => continue,
+            // Hypervisor range: rebuilt below when KVM's leaves are advertised; an
+            // engine's own signature passes through otherwise.
+            0x4000_0000..=0x4fff_ffff if policy.kvm_pv_features.is_some() => continue,
             // Topology leaves: rebuilt with our topology, for subleaves 0..=2.
             0xb | 0x1f => {
                 if !out.iter().any(|o| o.function == e.function) {
@@ -254,18 +459,23 @@ pub fn guest_cpuid(host: &[CpuidEntry], id: u32, n: u32, policy: &CpuidPolicy) -
             ..Default::default()
         });
     }
-    for m in &policy.clear {
+    let removed = policy
+        .edits
+        .iter()
+        .filter(|e| !e.enable)
+        .filter_map(|e| feature(e.feature))
+        .map(|f| CpuidMask {
+            function: f.function,
+            index: f.index,
+            reg: f.reg,
+            bits: 1 << f.bit,
+        });
+    for m in policy.clear.iter().copied().chain(removed) {
         for e in out
             .iter_mut()
             .filter(|e| e.function == m.function && e.index == m.index)
         {
-            let r = match m.reg {
-                Reg::Eax => &mut e.eax,
-                Reg::Ebx => &mut e.ebx,
-                Reg::Ecx => &mut e.ecx,
-                Reg::Edx => &mut e.edx,
-            };
-            *r &= !m.bits;
+            *reg_mut(e, m.reg) &= !m.bits;
         }
     }
     out
@@ -342,8 +552,9 @@ mod tests {
         assert_eq!(l1.ecx & leaf1::ECX_X2APIC, 0);
         assert_eq!(l1.edx & leaf1::EDX_HTT, 0);
         assert_eq!(l1.ebx >> 24, 0);
-        assert!(find(&g, HYPERVISOR_LEAF, 0).is_none());
-        assert!(find(&g, KVM_FEATURES_LEAF, 0).is_none());
+        // The offer's own hypervisor leaves pass through untouched.
+        assert_eq!(find(&g, HYPERVISOR_LEAF, 0).unwrap().ebx, 1);
+        assert_eq!(find(&g, KVM_FEATURES_LEAF, 0).unwrap().eax, host()[10].eax);
     }
 
     #[test]
@@ -399,6 +610,51 @@ mod tests {
         assert_eq!(id_bits(4), 2);
         assert_eq!(id_bits(5), 3);
         assert_eq!(id_bits(255), 8);
+    }
+
+    #[test]
+    fn feature_edits_parse_remove_and_refuse_what_the_engine_lacks() {
+        let edits = parse_edits("+tsc_deadline, -x2apic").unwrap();
+        assert_eq!(
+            edits,
+            vec![
+                FeatureEdit {
+                    feature: "tsc-deadline",
+                    enable: true
+                },
+                FeatureEdit {
+                    feature: "x2apic",
+                    enable: false
+                }
+            ]
+        );
+        assert!(matches!(
+            parse_edits("x2apic"),
+            Err(FeatureError::NoSign(_))
+        ));
+        assert!(matches!(
+            parse_edits("+warp"),
+            Err(FeatureError::Unknown(_))
+        ));
+        let mut p = CpuidPolicy::kvm();
+        p.edits = edits;
+        let g = guest_cpuid(&host(), 0, 1, &p);
+        let l1 = find(&g, 1, 0).unwrap();
+        assert_eq!(l1.ecx & leaf1::ECX_X2APIC, 0, "-x2apic clears the bit");
+        assert_ne!(l1.ecx & leaf1::ECX_TSC_DEADLINE, 0);
+        assert_eq!(check_edits(&g, &p.edits, "test engine"), Ok(()));
+        let plus_x2apic = parse_edits("+x2apic").unwrap();
+        assert_eq!(
+            check_edits(&g, &plus_x2apic, "test engine"),
+            Err(FeatureError::Unsupported {
+                feature: "x2apic",
+                engine: "test engine"
+            })
+        );
+        let json = serde_json::to_string(&p.edits).unwrap();
+        assert_eq!(json, r#"["+tsc-deadline","-x2apic"]"#);
+        let back: Vec<FeatureEdit> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p.edits);
     }
 
     #[test]

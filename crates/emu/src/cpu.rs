@@ -68,6 +68,8 @@ pub struct Cpu {
     pub(crate) efer: u64,
     pub(crate) dr: [u64; 8],
     pub(crate) msr: Msrs,
+    /// This vCPU's CPUID table (see `cpuid`).
+    pub(crate) cpuid: Arc<[crate::cpuid::CpuidLeaf]>,
     pub(crate) fpu: FpuState,
     pub(crate) halted: bool,
     /// Interrupts are inhibited until after the next instruction (STI, MOV SS, POP SS).
@@ -114,6 +116,7 @@ impl Cpu {
             efer: 0,
             dr: [0; 8],
             msr: Msrs::default(),
+            cpuid: crate::cpuid::supported().into(),
             fpu: FpuState::default(),
             halted: false,
             shadow: false,
@@ -153,7 +156,14 @@ impl Cpu {
         self.flags.bits & flags::IF != 0
     }
 
-    /// Sets the initial APIC ID CPUID reports (leaf 1 `EBX[31:24]`); default 0.
+    /// Gives this vCPU its CPUID table: [`crate::cpuid::supported`] after the platform's
+    /// policy (APIC ID, topology, feature edits).
+    pub fn set_cpuid(&mut self, table: Vec<crate::cpuid::CpuidLeaf>) {
+        self.cpuid = table.into();
+    }
+
+    /// Sets the vCPU's APIC ID (only APIC ID 0 is the bootstrap processor); CPUID's view
+    /// of it comes with the table from [`Cpu::set_cpuid`].
     pub fn set_apic_id(&mut self, id: u8) {
         self.msr.apic_id = id as u32;
         if id != 0 {

@@ -1,19 +1,78 @@
-//! CPUID: advertises exactly what the engine implements — an x86-64 baseline CPU (FPU,
-//! TSC, MSR, PAE, PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX bit, FXSR, SSE, SSE2;
-//! CX16, POPCNT; SYSCALL, NX, 1G pages, RDTSCP, LM, LAHF; invariant TSC; hypervisor bit)
-//! and no XSAVE/AVX/BMI/SMEP. Leaf 0x4000_0000 carries the "wirtwirtwirt" signature.
+//! CPUID: what the software engine implements — an x86-64 baseline CPU (FPU, TSC, MSR,
+//! PAE, PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX bit, FXSR, SSE, SSE2; CX16,
+//! POPCNT; SYSCALL, NX, 1G pages, RDTSCP, LM, LAHF; invariant TSC; hypervisor bit; the
+//! x2APIC and TSC-deadline MSRs, which the local APIC behind `Platform` backs or
+//! refuses) and no XSAVE/AVX/BMI/SMEP. Leaf 0x4000_0000 carries the "wirtwirtwirt"
+//! signature.
+//!
+//! [`supported`] is the engine's offer; the VMM passes it through the platform policy
+//! (`arch::cpuid`: APIC IDs, topology, the irqchip's capabilities, the user's feature
+//! edits) and gives each vCPU its table with [`Cpu::set_cpuid`](crate::Cpu::set_cpuid).
+//! The CPUID instruction only looks that table up: leaves it lacks read as zeros, as on
+//! AMD CPUs.
 //!
 //! The identity (AuthenticAMD, family 15, model 107, stepping 1) is QEMU's `qemu64`: the
 //! model the guest instruction profile was measured with, whose Linux code paths are
 //! known to work on a software CPU (no Meltdown/MDS mitigations, no Intel-only MSRs).
+
+/// One CPUID leaf/subleaf of a vCPU's table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuidLeaf {
+    pub function: u32,
+    pub index: u32,
+    /// The result depends on ECX (`index`); otherwise ECX is ignored.
+    pub significant_index: bool,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// Leaves with subleaves (ECX significant).
+fn indexed(leaf: u32) -> bool {
+    matches!(
+        leaf,
+        4 | 7 | 0xb | 0xd | 0xf | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1d | 0x1f | 0x8000_001d
+    )
+}
+
+/// The leaves the engine implements, for subleaf 0 of indexed leaves.
+pub fn supported() -> Vec<CpuidLeaf> {
+    let (max_basic, ..) = base(0, 0);
+    let (max_ext, ..) = base(0x8000_0000, 0);
+    (0..=max_basic)
+        .chain(0x4000_0000..=0x4000_0000)
+        .chain(0x8000_0000..=max_ext)
+        .map(|function| {
+            let (eax, ebx, ecx, edx) = base(function, 0);
+            CpuidLeaf {
+                function,
+                index: 0,
+                significant_index: indexed(function),
+                eax,
+                ebx,
+                ecx,
+                edx,
+            }
+        })
+        .collect()
+}
+
+/// Looks `leaf`/`sub` up in a vCPU's table; absent leaves read as zeros.
+pub fn lookup(table: &[CpuidLeaf], leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+    table
+        .iter()
+        .find(|e| e.function == leaf && (!e.significant_index || e.index == sub))
+        .map_or((0, 0, 0, 0), |e| (e.eax, e.ebx, e.ecx, e.edx))
+}
 
 fn regs(s: &[u8; 12]) -> (u32, u32, u32) {
     let w = |i: usize| u32::from_le_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
     (w(0), w(4), w(8))
 }
 
-/// Returns (eax, ebx, ecx, edx) for leaf `leaf`, subleaf `sub`, on the vCPU `apic_id`.
-pub fn cpuid_for(apic_id: u32, leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
+/// What the engine reports for leaf `leaf`, subleaf `sub`, before the platform policy.
+fn base(leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
     match leaf {
         0 => {
             let (b, d, c) = regs(b"AuthenticAMD");
@@ -22,8 +81,11 @@ pub fn cpuid_for(apic_id: u32, leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
         1 => {
             // Family 15, model 107 (ext. model 6, model 0xb), stepping 1.
             let eax = 0x0006_0fb1;
-            let ebx = (apic_id << 24) | (1 << 16) | (8 << 8);
-            let ecx = (1 << 13) | (1 << 23) | (1 << 31); // CX16, POPCNT, hypervisor
+            // CLFLUSH line size 8 × 8 bytes; one logical CPU, APIC ID 0 (the platform
+            // policy writes each vCPU's own).
+            let ebx = (1 << 16) | (8 << 8);
+            // CX16, x2APIC, POPCNT, TSC-deadline, hypervisor.
+            let ecx = (1 << 13) | (1 << 21) | (1 << 23) | (1 << 24) | (1 << 31);
             let edx = (1 << 0) // FPU
                 | (1 << 3) // PSE
                 | (1 << 4) // TSC
@@ -53,7 +115,7 @@ pub fn cpuid_for(apic_id: u32, leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
         0x8000_0001 => {
             let ecx = 1; // LAHF/SAHF in 64-bit mode
                          // AMD mirrors the leaf-1 basics here; plus SYSCALL, NX, 1G pages, RDTSCP, LM.
-            let (_, _, _, base) = cpuid_for(apic_id, 1, 0);
+            let (_, _, _, base) = base(1, 0);
             let edx =
                 (base & 0x0183_f3ff) | (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
             (0x0006_0fb1, 0, ecx, edx)
@@ -79,24 +141,37 @@ mod tests {
 
     #[test]
     fn advertises_baseline_without_xsave() {
-        let (_, ebx, ecx, edx) = cpuid_for(3, 1, 0);
-        assert_eq!(ebx >> 24, 3, "initial APIC ID");
+        let t = supported();
+        let (_, ebx, ecx, edx) = lookup(&t, 1, 0);
+        assert_eq!(ebx >> 24, 0, "the policy, not the engine, sets the APIC ID");
         assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
         assert_eq!(ecx & (1 << 26), 0, "no XSAVE");
         assert_eq!(ecx & (1 << 28), 0, "no AVX");
         for bit in [0, 4, 5, 6, 8, 9, 13, 15, 24, 25, 26] {
             assert_ne!(edx & (1 << bit), 0, "leaf 1 EDX bit {bit}");
         }
-        let (_, _, _, edx) = cpuid_for(0, 0x8000_0001, 0);
+        let (_, _, _, edx) = lookup(&t, 0x8000_0001, 0);
         assert_ne!(edx & (1 << 29), 0, "long mode");
         assert_ne!(edx & (1 << 20), 0, "NX");
-        let (max, b, c, d) = cpuid_for(0, 0x4000_0000, 0);
+        let (max, b, c, d) = lookup(&t, 0x4000_0000, 0);
         assert_eq!(max, 0x4000_0000);
         let mut sig = Vec::new();
         for r in [b, c, d] {
             sig.extend_from_slice(&r.to_le_bytes());
         }
         assert_eq!(&sig, b"wirtwirtwirt");
-        assert_eq!(cpuid_for(0, 7, 0), (0, 0, 0, 0), "no leaf-7 features");
+        assert_eq!(lookup(&t, 7, 0), (0, 0, 0, 0), "no leaf-7 features");
+    }
+
+    #[test]
+    fn every_leaf_up_to_the_maxima_is_listed_and_others_read_zero() {
+        let t = supported();
+        let (max, ..) = lookup(&t, 0, 0);
+        let (max_ext, ..) = lookup(&t, 0x8000_0000, 0);
+        for leaf in (0..=max).chain(0x8000_0000..=max_ext) {
+            assert!(t.iter().any(|e| e.function == leaf), "leaf {leaf:#x}");
+        }
+        assert_eq!(lookup(&t, max_ext + 1, 0), (0, 0, 0, 0));
+        assert_eq!(lookup(&t, 7, 1), (0, 0, 0, 0), "leaf 7 is indexed");
     }
 }

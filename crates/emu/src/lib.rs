@@ -44,7 +44,7 @@
 //! `examples/mips.rs` prints the speed; `examples/boot.rs` boots a Linux bzImage.
 
 mod cpu;
-mod cpuid;
+pub mod cpuid;
 mod decode_cache;
 mod exceptions;
 mod exec;
@@ -61,7 +61,7 @@ mod tlb;
 mod x87;
 
 pub use cpu::{Cpu, Exit};
-pub use cpuid::cpuid_for;
+pub use cpuid::CpuidLeaf;
 pub use memory::{CodeVersions, GuestRam};
 pub use platform::Platform;
 pub use state::{CpuRegs, FpuState, SegmentState, TableState};

@@ -1,10 +1,33 @@
 //! Model-specific registers the engine implements itself.
 //!
-//! Kept here: EFER, STAR/LSTAR/CSTAR/SFMASK, FS/GS/KERNEL_GS base, TSC (as an offset),
-//! TSC_AUX, APIC_BASE (value kept here, writes also forwarded), TSC_DEADLINE (forwarded),
-//! PAT, MTRRs (cap, default type, fixed and 8 variable pairs: stored, no effect),
-//! MISC_ENABLE, SYSENTER_CS/ESP/EIP, UCODE_REV, PLATFORM_ID. Any other index goes to
-//! `Platform::rdmsr/wrmsr` (e.g. x2APIC), and #GP if that declines, like hardware.
+//! The policy, one row per MSR (or range) the CPU model has; every other index goes to
+//! `Platform::rdmsr/wrmsr` (the local APIC's x2APIC range) and raises #GP if that
+//! declines too, as hardware does for an MSR it does not have.
+//!
+//! | MSR | read | write |
+//! |---|---|---|
+//! | TSC 0x10 | host TSC + offset | sets the offset |
+//! | PLATFORM_ID 0x17, MCG_CAP 0x179, MTRR_CAP 0xfe | 0 / 0 / 0x508 | #GP (read-only) |
+//! | APIC_BASE 0x1b | kept here | kept, forwarded to the local APIC |
+//! | UCODE_REV 0x8b | 0 | ignored |
+//! | SYSENTER_CS/ESP/EIP 0x174-0x176 | kept | kept |
+//! | MCG_STATUS 0x17a | 0 | ignored |
+//! | MISC_ENABLE 0x1a0 | kept | kept |
+//! | PAT 0x277 | kept | kept; #GP on a reserved memory type |
+//! | MTRRs (variable pairs, fixed, DEF_TYPE 0x2ff) | kept (DEF_TYPE 0x806 at reset) | kept, no effect on caching |
+//! | TSC_DEADLINE 0x6e0 | kept | kept, forwarded to the local APIC timer |
+//! | EFER 0xc000_0080 | kept | SCE, LME, NXE writable; #GP on reserved bits or LME change with paging on |
+//! | STAR, LSTAR, CSTAR, SFMASK 0xc000_0081-84 | kept | kept; #GP on a non-canonical LSTAR/CSTAR |
+//! | FS/GS/KERNEL_GS base 0xc000_0100-02 | kept | kept; #GP when non-canonical |
+//! | TSC_AUX 0xc000_0103 | kept | low 32 bits kept |
+//! | AMD PERF_CTL0-3 0xc001_0000-03 | kept | kept; #GP on reserved bits |
+//! | AMD PERF_CTR0-3 0xc001_0004-07 | kept | low 48 bits kept (the counters do not count) |
+//! | AMD SYSCFG 0xc001_0010, HWCR 0xc001_0015, INT_PENDING_MSG 0xc001_0055 | 0 | ignored |
+//!
+//! The four legacy AMD performance counters exist on every family-15 AMD CPU (the model
+//! CPUID reports), so guests write them unconditionally; the core-performance range
+//! 0xc001_0200 is absent because CPUID does not announce it. RDPMC reads the same four
+//! counters (#GP for other indices, or at CPL > 0 without CR4.PCE).
 
 use std::collections::BTreeMap;
 
@@ -41,6 +64,14 @@ pub const HWCR: u32 = 0xc001_0015;
 pub const SYSCFG: u32 = 0xc001_0010;
 /// AMD interrupt-pending message register (read by the E400 idle routine); reads 0.
 pub const INT_PENDING_MSG: u32 = 0xc001_0055;
+/// AMD legacy performance event selects (PERF_CTL0-3) and counters (PERF_CTR0-3).
+pub const AMD_PERF_CTL0: u32 = 0xc001_0000;
+pub const AMD_PERF_CTR0: u32 = 0xc001_0004;
+pub const AMD_PERF_COUNTERS: u32 = 4;
+/// Width of the AMD performance counters.
+pub const AMD_PERF_CTR_MASK: u64 = (1 << 48) - 1;
+/// Bits of PERF_CTL that must be zero (reserved; HostOnly/GuestOnly at 40/41 allowed).
+const AMD_PERF_CTL_RESERVED: u64 = 0xffff_fcf0_0028_0000;
 
 fn is_mtrr(i: u32) -> bool {
     matches!(i, 0x200..=0x20f | 0x250 | 0x258 | 0x259 | 0x268..=0x26f | MTRR_DEF_TYPE)
@@ -64,6 +95,8 @@ pub struct Msrs {
     pub sfmask: u64,
     pub kernel_gs_base: u64,
     pub mtrr: BTreeMap<u32, u64>,
+    /// AMD PERF_CTL0-3 then PERF_CTR0-3.
+    pub amd_perf: [u64; 8],
     /// Initial APIC ID reported by CPUID (not an MSR; configuration). MTRRs default to
     /// "enabled, write-back" (0x806 in MTRR_DEF_TYPE) as firmware would leave them.
     pub apic_id: u32,
@@ -87,6 +120,7 @@ impl Default for Msrs {
             sfmask: 0,
             kernel_gs_base: 0,
             mtrr: BTreeMap::new(),
+            amd_perf: [0; 8],
             apic_id: 0,
         }
     }
@@ -112,6 +146,7 @@ impl Msrs {
             (KERNEL_GS_BASE, self.kernel_gs_base),
         ];
         v.extend(self.mtrr.iter().map(|(k, v)| (*k, *v)));
+        v.extend((0..8).map(|i| (AMD_PERF_CTL0 + i, self.amd_perf[i as usize])));
         v
     }
 
@@ -135,10 +170,15 @@ impl Msrs {
                 i if is_mtrr(i) => {
                     self.mtrr.insert(i, v);
                 }
+                i if is_amd_perf(i) => self.amd_perf[(i - AMD_PERF_CTL0) as usize] = v,
                 _ => {}
             }
         }
     }
+}
+
+fn is_amd_perf(i: u32) -> bool {
+    (AMD_PERF_CTL0..AMD_PERF_CTL0 + 2 * AMD_PERF_COUNTERS).contains(&i)
 }
 
 fn canonical(v: u64) -> bool {
@@ -147,6 +187,19 @@ fn canonical(v: u64) -> bool {
 }
 
 impl Cpu {
+    /// RDPMC: the AMD legacy counters by index in ECX.
+    pub(crate) fn rdpmc(&mut self) -> R<()> {
+        const CR4_PCE: u64 = 1 << 8;
+        let idx = self.gpr[1] as u32;
+        if (self.cpl != 0 && self.cr4 & CR4_PCE == 0) || idx >= AMD_PERF_COUNTERS {
+            return Err(gp0());
+        }
+        let v = self.msr.amd_perf[(AMD_PERF_CTR0 - AMD_PERF_CTL0 + idx) as usize];
+        self.gpr[0] = v & 0xffff_ffff;
+        self.gpr[2] = v >> 32;
+        Ok(())
+    }
+
     pub(crate) fn rdmsr(&mut self, io: &mut dyn Platform, i: u32) -> R<u64> {
         let m = &self.msr;
         Ok(match i {
@@ -171,6 +224,7 @@ impl Cpu {
             GS_BASE => self.seg[GS].base,
             KERNEL_GS_BASE => m.kernel_gs_base,
             i if is_mtrr(i) => m.mtrr.get(&i).copied().unwrap_or(0),
+            i if is_amd_perf(i) => m.amd_perf[(i - AMD_PERF_CTL0) as usize],
             _ => return io.rdmsr(i).ok_or_else(gp0),
         })
     }
@@ -237,6 +291,17 @@ impl Cpu {
             MCG_STATUS => {}
             i if is_mtrr(i) => {
                 self.msr.mtrr.insert(i, v);
+            }
+            i if is_amd_perf(i) => {
+                let n = (i - AMD_PERF_CTL0) as usize;
+                if n < AMD_PERF_COUNTERS as usize {
+                    if v & AMD_PERF_CTL_RESERVED != 0 {
+                        return Err(gp0());
+                    }
+                    self.msr.amd_perf[n] = v;
+                } else {
+                    self.msr.amd_perf[n] = v & AMD_PERF_CTR_MASK;
+                }
             }
             _ => {
                 if !io.wrmsr(i, v) {

@@ -162,4 +162,6 @@ pub enum Error {
     Sw(String),
     #[error("invalid vCPU state: {0}")]
     InvalidState(String),
+    #[error(transparent)]
+    CpuFeature(#[from] arch::cpuid::FeatureError),
 }

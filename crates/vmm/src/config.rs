@@ -1,6 +1,7 @@
 //! The description of one VM: what `wirt run`'s flags and (later) the API's create request
 //! both turn into. Validation happens here, before any resource is allocated.
 
+pub use arch::cpuid::{parse_edits as parse_cpu_features, FeatureEdit};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -174,6 +175,10 @@ pub struct VmConfig {
     /// How the virtio devices are attached (virtio-mmio or virtio-pci).
     #[serde(default)]
     pub virtio_transport: VirtioTransport,
+    /// Edits of the CPU model (`"+x2apic"`, `"-pcid"`): a feature the engine offers is
+    /// on unless removed; adding one it cannot offer is refused when the VM starts.
+    #[serde(default)]
+    pub cpu_features: Vec<FeatureEdit>,
 }
 
 /// At most this many virtio devices: one free ISA interrupt line each.
@@ -205,6 +210,7 @@ impl VmConfig {
             balloon: None,
             balloon_target: None,
             virtio_transport: VirtioTransport::Mmio,
+            cpu_features: Vec::new(),
         }
     }
 

@@ -331,7 +331,11 @@ fn create_vm(
     opts: &RunOptions,
 ) -> Result<Box<dyn Vm>, VmmError> {
     let sw = || -> Result<Box<dyn Vm>, VmmError> {
-        Ok(Box::new(hypervisor::sw::SwVm::new(mem, cfg.cpus)?))
+        Ok(Box::new(hypervisor::sw::SwVm::new(
+            mem,
+            cfg.cpus,
+            &cfg.cpu_features,
+        )?))
     };
     match cfg.engine {
         EngineChoice::Sw => sw(),
@@ -340,10 +344,16 @@ fn create_vm(
             if kvm.is_pvm() {
                 eprintln!("wirt: {}", kvm.description());
             }
-            Ok(Box::new(kvm.create_vm(mem, cfg.cpus)?))
+            let mut vm = kvm.create_vm(mem, cfg.cpus)?;
+            vm.set_cpu_features(&cfg.cpu_features)?;
+            Ok(Box::new(vm))
         }
         EngineChoice::Auto => match KvmHypervisor::new() {
-            Ok(kvm) if !kvm.is_pvm() => Ok(Box::new(kvm.create_vm(mem, cfg.cpus)?)),
+            Ok(kvm) if !kvm.is_pvm() => {
+                let mut vm = kvm.create_vm(mem, cfg.cpus)?;
+                vm.set_cpu_features(&cfg.cpu_features)?;
+                Ok(Box::new(vm))
+            }
             Ok(kvm) => {
                 eprintln!("wirt: {}; using the software engine", kvm.description());
                 sw()

@@ -58,6 +58,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         balloon_target: args.devices.balloon.as_ref().and_then(|b| b.1),
         balloon: args.devices.balloon.map(|b| b.0),
         virtio_transport: args.devices.virtio_transport,
+        cpu_features: args.machine.cpu_features.map(|f| f.0).unwrap_or_default(),
     };
     config.validate()?;
     let opts = RunOptions {

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use vmm::config::{
-    DiskConfig, EngineChoice, MemorySize, NetConfig, SerialConfig, VirtioTransport, VsockConfig,
+    DiskConfig, EngineChoice, FeatureEdit, MemorySize, NetConfig, SerialConfig, VirtioTransport,
+    VsockConfig,
 };
 
 use crate::run::BalloonSpec;
@@ -32,6 +33,21 @@ pub struct MachineArgs {
     /// Execution engine: auto (KVM when it can run the guest, else sw), kvm or sw.
     #[arg(long, default_value = "auto", value_name = "ENGINE")]
     pub engine: EngineChoice,
+    /// Edit the CPU model: a comma-separated list of +FEATURE / -FEATURE with QEMU's
+    /// feature names (e.g. -x2apic,-pcid). Every feature the engine implements is on by
+    /// default; adding one it does not implement is an error.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpu_features, allow_hyphen_values = true)]
+    pub cpu_features: Option<CpuFeatures>,
+}
+
+/// The parsed `--cpu-features` list (one clap value holding many edits).
+#[derive(Clone, Debug)]
+pub struct CpuFeatures(pub Vec<FeatureEdit>);
+
+fn parse_cpu_features(s: &str) -> Result<CpuFeatures, String> {
+    vmm::config::parse_cpu_features(s)
+        .map(CpuFeatures)
+        .map_err(|e| e.to_string())
 }
 
 /// Kernel, initrd and command line to boot.

@@ -176,6 +176,9 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
                 spec["virtio_console"] = json!(c);
             }
             spec["virtio_transport"] = json!(a.devices.virtio_transport);
+            if let Some(f) = &a.machine.cpu_features {
+                spec["cpu_features"] = json!(f.0);
+            }
             if let Some(BalloonSpec(cfg, target)) = a.devices.balloon {
                 spec["balloon"] = json!(cfg);
                 if let Some(t) = target {

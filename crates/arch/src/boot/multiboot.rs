@@ -10,7 +10,10 @@
 use super::elf::ElfInfo;
 use super::{guest_write, BootData, BootError, LoadedKernel};
 use crate::e820::mem_lower_upper_kib;
-use crate::layout::{BOOT_INFO_SIZE, BOOT_INFO_START, CMDLINE_MAX_SIZE, HIGH_RAM_START};
+use crate::layout::{
+    BOOT_GDT_START, BOOT_INFO_SIZE, BOOT_INFO_START, CMDLINE_MAX_SIZE, CMDLINE_START, EBDA_START,
+    HIGH_RAM_START,
+};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -48,6 +51,16 @@ pub enum MultibootError {
     NoAddressFields,
     #[error("bad address fields: {0}")]
     BadAddressFields(String),
+    #[error(
+        "segment {start:#x}..{end:#x} overlaps the {table} wirt places at {table_start:#x}..{table_end:#x}"
+    )]
+    OverlapsBootTables {
+        start: u64,
+        end: u64,
+        table: &'static str,
+        table_start: u64,
+        table_end: u64,
+    },
     #[error("segment {start:#x}..{end:#x} is outside guest RAM [{low:#x}, {high:#x})")]
     OutsideRam {
         start: u64,
@@ -118,7 +131,30 @@ pub fn find_header(image: &[u8]) -> Option<Header> {
     })
 }
 
-/// Writes `bytes` then `zeros` zero bytes at `addr`, checking the range lies in RAM.
+/// What the loader itself writes below 1 MiB for a Multiboot kernel, and the legacy
+/// area (EBDA, VGA, firmware tables); a kernel segment may go anywhere else in RAM, as
+/// with QEMU's loader (kvm-unit-tests' `realmode` loads at 0x8000).
+const RESERVED_LOW: [(u64, u64, &str); 4] = [
+    (BOOT_GDT_START, BOOT_GDT_START + 0x100, "boot GDT and IDT"),
+    (
+        BOOT_INFO_START,
+        BOOT_INFO_START + BOOT_INFO_SIZE,
+        "Multiboot information",
+    ),
+    (
+        CMDLINE_START,
+        CMDLINE_START + CMDLINE_MAX_SIZE as u64,
+        "kernel command line",
+    ),
+    (
+        EBDA_START,
+        HIGH_RAM_START,
+        "EBDA, legacy and firmware-table area",
+    ),
+];
+
+/// Writes `bytes` then `zeros` zero bytes at `addr`, checking the range lies in RAM and
+/// clear of the loader's own tables.
 fn place(
     mem: &GuestMemoryMmap,
     addr: u64,
@@ -130,12 +166,25 @@ fn place(
         .checked_add(bytes.len() as u64)
         .and_then(|e| e.checked_add(zeros));
     match end {
-        Some(end) if addr >= HIGH_RAM_START && end <= low_end => {}
+        Some(end) if end <= low_end => {
+            if let Some(&(table_start, table_end, table)) =
+                RESERVED_LOW.iter().find(|(s, e, _)| addr < *e && end > *s)
+            {
+                return Err(MultibootError::OverlapsBootTables {
+                    start: addr,
+                    end,
+                    table,
+                    table_start,
+                    table_end,
+                }
+                .into());
+            }
+        }
         _ => {
             return Err(MultibootError::OutsideRam {
                 start: addr,
                 end: end.unwrap_or(u64::MAX),
-                low: HIGH_RAM_START,
+                low: 0,
                 high: low_end,
             }
             .into())

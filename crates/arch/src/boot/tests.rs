@@ -275,13 +275,38 @@ fn aout_kludge_with_bad_fields_is_an_error() {
         boot(&img, None, "", BootProtocol::Auto).1,
         Err(BootError::Multiboot(MultibootError::BadAddressFields(_)))
     ));
-    // Load address below 1 MiB.
-    let mut img = mb_header(1 << 16, &[0x1000, 0x1000, 0, 0, 0x1010]);
+    // A load address on the Multiboot information page the loader writes.
+    let mut img = mb_header(1 << 16, &[0x6000, 0x6000, 0, 0, 0x6010]);
+    img.resize(64, 0);
+    assert!(matches!(
+        boot(&img, None, "", BootProtocol::Auto).1,
+        Err(BootError::Multiboot(MultibootError::OverlapsBootTables {
+            table_start: 0x6000,
+            ..
+        }))
+    ));
+    // Beyond the end of RAM.
+    let top = 0x4000_0000u32;
+    let mut img = mb_header(1 << 16, &[top, top, 0, 0, top + 0x10]);
     img.resize(64, 0);
     assert!(matches!(
         boot(&img, None, "", BootProtocol::Auto).1,
         Err(BootError::Multiboot(MultibootError::OutsideRam { .. }))
     ));
+}
+
+#[test]
+fn multiboot_kernel_below_1mib_loads_clear_of_the_loader_tables() {
+    // kvm-unit-tests' realmode test links at 0x8000.
+    let load = 0x8000u32;
+    let mut img = mb_header(1 << 16, &[load, load, 0, load + 0x3000, load + 48]);
+    img.resize(48, 0);
+    img.extend_from_slice(&CODE);
+    let (m, b) = boot(&img, None, "", BootProtocol::Auto);
+    let b = b.unwrap();
+    assert_eq!(b.cpu.rip, u64::from(load) + 48);
+    assert_eq!(read_bytes(&m, u64::from(load) + 48, 8), CODE);
+    assert_eq!(b.kernel_start, u64::from(load));
 }
 
 /// A minimal bzImage: 4 setup sectors after the boot sector, then the payload.

@@ -110,6 +110,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl SwIrqChip {
+    /// Whether the local APICs implement x2APIC mode (CPUID may announce it).
+    pub const X2APIC: bool = false;
+
     /// A chip for `cpus` vCPUs (APIC IDs 0..cpus, vCPU 0 is the BSP), whose guest TSC runs
     /// at `tsc_hz` on `clock`.
     pub fn new(cpus: usize, tsc_hz: u64, clock: Arc<dyn Clock>) -> Result<Self, IrqChipError> {

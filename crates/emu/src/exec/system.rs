@@ -141,11 +141,8 @@ impl Cpu {
                 Ok(())
             }
             M::Cpuid => {
-                let (a, b, c, d) = crate::cpuid::cpuid_for(
-                    self.msr.apic_id,
-                    self.gpr[0] as u32,
-                    self.gpr[1] as u32,
-                );
+                let (a, b, c, d) =
+                    crate::cpuid::lookup(&self.cpuid, self.gpr[0] as u32, self.gpr[1] as u32);
                 self.gpr[0] = a as u64;
                 self.gpr[3] = b as u64;
                 self.gpr[1] = c as u64;
@@ -164,6 +161,7 @@ impl Cpu {
                 }
                 Ok(())
             }
+            M::Rdpmc => self.rdpmc(),
             M::Rdmsr => {
                 self.require_cpl0()?;
                 let v = self.rdmsr(io, self.gpr[1] as u32)?;

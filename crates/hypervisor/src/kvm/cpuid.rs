@@ -40,6 +40,11 @@ pub fn policy(pvm: bool) -> CpuidPolicy {
     p
 }
 
+/// KVM entries in the platform's type.
+pub fn arch_entries(entries: &[kvm_cpuid_entry2]) -> Vec<CpuidEntry> {
+    entries.iter().map(to_arch).collect()
+}
+
 /// The entries for the vCPU with `apic_id` in a VM of `cpus` vCPUs.
 pub fn for_vcpu(
     supported: &[kvm_cpuid_entry2],

@@ -34,6 +34,8 @@ pub struct KvmVm {
     /// MSRs KVM can save and restore on this host.
     msr_index: Arc<[u32]>,
     pvm: bool,
+    /// The user's CPU feature edits, applied to every vCPU's CPUID.
+    cpu_features: Vec<arch::cpuid::FeatureEdit>,
     sink: Arc<KvmInterruptSink>,
 }
 
@@ -90,6 +92,7 @@ impl KvmVm {
             supported_cpuid,
             msr_index: msr_index.into(),
             pvm,
+            cpu_features: Vec::new(),
         })
     }
 
@@ -97,6 +100,27 @@ impl KvmVm {
     /// routing, clock and irqchip state for snapshots).
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The CPUID policy of this VM's vCPUs.
+    fn policy(&self) -> arch::cpuid::CpuidPolicy {
+        let mut p = cpuid::policy(self.pvm);
+        p.edits = self.cpu_features.clone();
+        p
+    }
+
+    /// Sets the user's CPU feature edits, refused when one adds what this KVM cannot
+    /// offer.
+    pub fn set_cpu_features(&mut self, edits: &[arch::cpuid::FeatureEdit]) -> Result<(), Error> {
+        let unedited = cpuid::arch_entries(&cpuid::for_vcpu(
+            &self.supported_cpuid,
+            0,
+            u32::from(self.cpus),
+            &cpuid::policy(self.pvm),
+        ));
+        arch::cpuid::check_edits(&unedited, edits, "KVM engine")?;
+        self.cpu_features = edits.to_vec();
+        Ok(())
     }
 
     /// The VM's vCPU count (the CPUID topology every vCPU sees).
@@ -122,7 +146,7 @@ impl KvmVm {
             &self.supported_cpuid,
             id,
             u32::from(self.cpus),
-            &cpuid::policy(self.pvm),
+            &self.policy(),
         );
         let cpuid = CpuId::from_entries(&entries)
             .map_err(|e| Error::InvalidState(format!("CPUID table: {e:?}")))?;

@@ -43,7 +43,15 @@ pub struct SwVcpu {
 }
 
 impl SwVcpu {
-    pub fn new(id: u32, ram: emu::GuestRam, chip: Arc<SwIrqChip>) -> SwVcpu {
+    pub fn new(
+        id: u32,
+        ram: emu::GuestRam,
+        chip: Arc<SwIrqChip>,
+        cpuid: Vec<emu::CpuidLeaf>,
+    ) -> SwVcpu {
+        let mut cpu = emu::Cpu::with_ram(ram);
+        cpu.set_cpuid(cpuid);
+        cpu.set_apic_id(id as u8);
         let kicker = Arc::new(SwKicker {
             kicked: AtomicBool::new(false),
             chip: chip.clone(),
@@ -51,7 +59,7 @@ impl SwVcpu {
         });
         SwVcpu {
             id,
-            cpu: emu::Cpu::with_ram(ram),
+            cpu,
             chip,
             counters: Arc::new(ExitCounters::new()),
             kicker,

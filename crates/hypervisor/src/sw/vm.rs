@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use arch::cpuid::{CpuidEntry, CpuidPolicy, FeatureEdit, FLAG_SIGNIFICANT_INDEX};
 use devices::irqchip::{MonotonicClock, SwIrqChip};
 use devices::InterruptSink;
 use vm_memory::GuestMemoryMmap;
@@ -12,15 +13,78 @@ use crate::{EngineKind, Error, Vcpu, Vm};
 /// The guest TSC frequency the software engine advertises (wall-clock based).
 pub const TSC_HZ: u64 = 1_000_000_000;
 
+/// How the engine is named in errors about CPU features.
+const ENGINE: &str = "software engine";
+
 /// A VM on the software engine.
 pub struct SwVm {
     ram: emu::GuestRam,
     chip: Arc<SwIrqChip>,
     cpus: u8,
+    policy: CpuidPolicy,
+}
+
+/// The platform policy for software vCPUs: the engine's CPUID offer, gated by what the
+/// user-space irqchip implements, with the user's feature edits.
+fn policy(edits: &[FeatureEdit]) -> CpuidPolicy {
+    let mut p = CpuidPolicy::plain();
+    p.tsc_deadline = true;
+    p.x2apic = SwIrqChip::X2APIC;
+    p.edits = edits.to_vec();
+    p
+}
+
+fn to_arch(e: &emu::CpuidLeaf) -> CpuidEntry {
+    CpuidEntry {
+        function: e.function,
+        index: e.index,
+        flags: if e.significant_index {
+            FLAG_SIGNIFICANT_INDEX
+        } else {
+            0
+        },
+        eax: e.eax,
+        ebx: e.ebx,
+        ecx: e.ecx,
+        edx: e.edx,
+    }
+}
+
+fn to_emu(e: &CpuidEntry) -> emu::CpuidLeaf {
+    emu::CpuidLeaf {
+        function: e.function,
+        index: e.index,
+        significant_index: e.flags & FLAG_SIGNIFICANT_INDEX != 0,
+        eax: e.eax,
+        ebx: e.ebx,
+        ecx: e.ecx,
+        edx: e.edx,
+    }
+}
+
+/// The CPUID table of software vCPU `id` of `cpus`.
+pub fn vcpu_cpuid(id: u32, cpus: u32, policy: &CpuidPolicy) -> Vec<emu::CpuidLeaf> {
+    let offer: Vec<CpuidEntry> = emu::cpuid::supported().iter().map(to_arch).collect();
+    arch::cpuid::guest_cpuid(&offer, id, cpus, policy)
+        .iter()
+        .map(to_emu)
+        .collect()
 }
 
 impl SwVm {
-    pub fn new(mem: &GuestMemoryMmap, cpus: u8) -> Result<SwVm, Error> {
+    /// A VM of `cpus` vCPUs; `cpu_features` edits the CPU model (refused when they add
+    /// what the engine does not implement).
+    pub fn new(
+        mem: &GuestMemoryMmap,
+        cpus: u8,
+        cpu_features: &[FeatureEdit],
+    ) -> Result<SwVm, Error> {
+        let policy = policy(cpu_features);
+        let mut unedited = policy.clone();
+        unedited.edits.clear();
+        let offer: Vec<CpuidEntry> = emu::cpuid::supported().iter().map(to_arch).collect();
+        let guest = arch::cpuid::guest_cpuid(&offer, 0, u32::from(cpus), &unedited);
+        arch::cpuid::check_edits(&guest, cpu_features, ENGINE)?;
         let clock = Arc::new(MonotonicClock::new());
         let chip = SwIrqChip::new(usize::from(cpus), TSC_HZ, clock)
             .map_err(|e| Error::Sw(e.to_string()))?;
@@ -28,6 +92,7 @@ impl SwVm {
             ram: emu::GuestRam::new(mem),
             chip: Arc::new(chip),
             cpus,
+            policy,
         })
     }
 
@@ -49,10 +114,12 @@ impl Vm for SwVm {
                 self.cpus
             )));
         }
+        let cpuid = vcpu_cpuid(id, u32::from(self.cpus), &self.policy);
         Ok(Box::new(SwVcpu::new(
             id,
             self.ram.clone(),
             self.chip.clone(),
+            cpuid,
         )))
     }
 
