@@ -68,6 +68,8 @@ pub struct Cpu {
     pub(crate) efer: u64,
     pub(crate) dr: [u64; 8],
     pub(crate) msr: Msrs,
+    /// What the debug registers arm (see `debug`).
+    pub(crate) dbg: crate::debug::DebugState,
     /// This vCPU's CPUID table (see `cpuid`).
     pub(crate) cpuid: Arc<[crate::cpuid::CpuidLeaf]>,
     pub(crate) fpu: FpuState,
@@ -116,6 +118,7 @@ impl Cpu {
             efer: 0,
             dr: [0; 8],
             msr: Msrs::default(),
+            dbg: Default::default(),
             cpuid: crate::cpuid::supported().into(),
             fpu: FpuState::default(),
             halted: false,
@@ -248,6 +251,7 @@ impl Cpu {
         } else {
             0
         };
+        self.reset_debug_state();
         self.tlb.flush_all();
         // Memory may have been rewritten behind our back (snapshot restore, loaders).
         self.cache.clear();
@@ -300,17 +304,21 @@ impl Cpu {
             if self.icount >= target {
                 return Exit::BudgetExhausted;
             }
-            // Single-step (TF): one instruction, then a #DB trap after it.
-            let tf = self.flags.bits & flags::TF != 0;
-            if self.run_block(io, single || tf) && tf {
-                self.dr[6] |= 1 << 14; // DR6.BS
-                let f = Fault::new(crate::exceptions::DB);
-                let rip = self.rip;
-                if let Err(f2) = self.deliver_exception(io, f, rip) {
-                    self.handle_fault(io, f2);
-                }
+            // TF, RF, armed breakpoints: one instruction at a time with the debug rules.
+            if self.debug_armed() {
+                self.step_debug(io);
+                continue;
+            }
+            self.run_block(io, single);
+            if self.dbg.tf_at_end {
+                self.sysret_single_step(io);
             }
         }
+    }
+
+    /// Runs exactly one instruction; returns whether it completed without an exception.
+    pub(crate) fn run_one(&mut self, io: &mut dyn Platform) -> bool {
+        self.run_block(io, true)
     }
 
     /// Runs one block (one instruction if `single`); returns whether the last instruction

@@ -16,8 +16,10 @@ use crate::state::SegmentState;
 enum Source {
     /// Hardware interrupt (EXT bit set in error codes).
     External,
-    /// Exception raised by an instruction.
+    /// Exception raised by an instruction: a trap, or the instruction-breakpoint #DB.
     Exception,
+    /// Fault-class exception: the pushed RFLAGS has RF set.
+    Fault,
     /// INT n / INT3 / INTO: gate DPL is checked.
     Software,
 }
@@ -31,7 +33,15 @@ impl Cpu {
     pub(crate) fn deliver_exception(&mut self, io: &mut dyn Platform, f: Fault, rip: u64) -> R<()> {
         // Real mode pushes no error codes.
         let err = if self.real_mode() { None } else { f.error };
-        self.deliver(io, f.vector, err, Source::Exception, rip)
+        // Fault-class exceptions push RF=1 so the handler's IRET does not hit an
+        // instruction breakpoint on the faulting instruction again (#DB is a trap, or an
+        // instruction-breakpoint fault whose handler sets RF itself; #DF and #MC abort).
+        let src = if matches!(f.vector, 0 | 5 | 6 | 7 | 10..=14 | 16 | 17 | 19..=21) {
+            Source::Fault
+        } else {
+            Source::Exception
+        };
+        self.deliver(io, f.vector, err, src, rip)
     }
 
     /// INT n, INT3, INTO: returns to `next_rip`.
@@ -115,7 +125,7 @@ impl Cpu {
         }
         let conforming = cs.type_ & 4 != 0;
         let new_cpl = if conforming { self.cpl } else { cs.dpl };
-        let old_flags = self.flags.get();
+        let old_flags = self.flags.get() | if src == Source::Fault { RF } else { 0 };
         let old_cs = self.seg[CS].selector as u64;
         let old_ss = self.seg[SS].selector as u64;
         let old_rsp = self.gpr[4];
@@ -264,11 +274,17 @@ impl Cpu {
         }
         if iret {
             ch |= RF;
+            self.dbg.iret = true;
         }
         if size == 2 {
             ch &= 0xffff;
         }
-        self.flags.set((old & !ch) | (v & ch));
+        let new = (old & !ch) | (v & ch);
+        self.flags.set(new);
+        if (old ^ new) & TF != 0 {
+            // Single-stepping starts or stops with the next instruction.
+            self.block_end = true;
+        }
     }
 
     /// IRET/IRETD/IRETQ with operand size `size`.

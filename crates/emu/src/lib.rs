@@ -45,6 +45,7 @@
 
 mod cpu;
 pub mod cpuid;
+mod debug;
 mod decode_cache;
 mod exceptions;
 mod exec;

@@ -232,6 +232,9 @@ impl Cpu {
         size: usize,
         user: bool,
     ) -> R<u64> {
+        if self.dbg.data {
+            self.note_data_access(lin, size, false);
+        }
         let off = (lin & 0xfff) as usize;
         if matches!(size, 1 | 2 | 4 | 8) && off + size <= PAGE_SIZE as usize {
             if let Some(e) = self.tlb.lookup(lin, Access::Read.required(user)) {
@@ -254,6 +257,9 @@ impl Cpu {
         v: u64,
         user: bool,
     ) -> R<()> {
+        if self.dbg.data {
+            self.note_data_access(lin, size, true);
+        }
         let off = (lin & 0xfff) as usize;
         if matches!(size, 1 | 2 | 4 | 8) && off + size <= PAGE_SIZE as usize {
             if let Some(e) = self.tlb.lookup(lin, Access::Write.required(user)) {
@@ -333,6 +339,9 @@ impl Cpu {
         out: &mut [u8],
         user: bool,
     ) -> R<()> {
+        if self.dbg.data {
+            self.note_data_access(lin, out.len(), false);
+        }
         let mut done = 0usize;
         let mut pages = Vec::with_capacity(2);
         while done < out.len() {
@@ -366,6 +375,9 @@ impl Cpu {
         data: &[u8],
         user: bool,
     ) -> R<()> {
+        if self.dbg.data {
+            self.note_data_access(lin, data.len(), true);
+        }
         let mut done = 0usize;
         let mut pages = Vec::with_capacity(2);
         while done < data.len() {

@@ -147,6 +147,7 @@ impl Cpu {
         self.seg[idx] = s;
         if idx == SS {
             self.shadow = true;
+            self.dbg.movss = true;
             self.block_end = true;
         }
         Ok(())

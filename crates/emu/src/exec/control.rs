@@ -260,9 +260,20 @@ impl Cpu {
 
     pub(super) fn soft_int(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
         let next = self.next_rip;
+        self.dbg.soft_int = true;
         match ins.mnemonic() {
             M::Int3 => self.deliver_software(io, crate::exceptions::BP, next),
-            M::Int1 => self.deliver_software(io, crate::exceptions::DB, next),
+            M::Int1 => {
+                // ICEBP: a #DB trap without the gate's DPL check, DR6 untouched.
+                self.dbg.icebp = true;
+                self.deliver_exception(
+                    io,
+                    crate::exceptions::Fault::new(crate::exceptions::DB),
+                    next,
+                )?;
+                self.next_rip = self.rip;
+                Ok(())
+            }
             M::Into => {
                 if self.bitness == 64 {
                     return Err(crate::exceptions::ud());

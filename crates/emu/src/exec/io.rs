@@ -26,6 +26,9 @@ impl Cpu {
         };
         let size = ins.op_register(data_op).size();
         self.check_io_permission(io, port, size)?;
+        if self.dbg.data {
+            self.note_io_access(port, size);
+        }
         if ins.mnemonic() == M::In {
             let mut buf = [0u8; 4];
             io.pio_read(port, &mut buf[..size]);

@@ -122,6 +122,9 @@ impl Cpu {
                     // Probe the destination first so a fault does not lose port data.
                     self.translate(dst, crate::tlb::Access::Write, user)?;
                     let mut buf = [0u8; 4];
+                    if self.dbg.data {
+                        self.note_io_access(self.gpr[2] as u16, size);
+                    }
                     io.pio_read(self.gpr[2] as u16, &mut buf[..size]);
                     let v = u32::from_le_bytes(buf) as u64;
                     self.write_lin(io, dst, size, v, user)?;
@@ -129,6 +132,9 @@ impl Cpu {
                 }
                 M::Outsb | M::Outsw | M::Outsd => {
                     let v = self.read_lin(io, src, size, user)?;
+                    if self.dbg.data {
+                        self.note_io_access(self.gpr[2] as u16, size);
+                    }
                     io.pio_write(self.gpr[2] as u16, &(v as u32).to_le_bytes()[..size]);
                     self.set_gpr_sized(6, asize, si.wrapping_add(step));
                 }

@@ -21,21 +21,18 @@ impl Cpu {
     pub(super) fn mov_from_cr_dr(&mut self, ins: &Instruction) -> R<()> {
         self.require_cpl0()?;
         let s = ins.op1_register();
+        if s.is_dr() {
+            let v = self.read_dr(s as usize - Register::DR0 as usize)?;
+            let d = ins.op0_register();
+            self.reg_write(d, v & crate::flags::mask(d.size()));
+            return Ok(());
+        }
         let v = match s {
             Register::CR0 => self.cr0,
             Register::CR2 => self.cr2,
             Register::CR3 => self.cr3,
             Register::CR4 => self.cr4,
             Register::CR8 => self.cr8,
-            r if r.is_dr() => {
-                let n = r as usize - Register::DR0 as usize;
-                match n {
-                    0..=3 => self.dr[n],
-                    4 | 6 => self.dr[6],
-                    5 | 7 => self.dr[7],
-                    _ => return Err(ud()),
-                }
-            }
             _ => return Err(ud()),
         };
         let d = ins.op0_register();
@@ -67,16 +64,7 @@ impl Cpu {
                 self.cr8 = v;
                 Ok(())
             }
-            r if r.is_dr() => {
-                let n = r as usize - Register::DR0 as usize;
-                match n {
-                    0..=3 => self.dr[n] = v,
-                    4 | 6 => self.dr[6] = v,
-                    5 | 7 => self.dr[7] = v,
-                    _ => return Err(ud()),
-                }
-                Ok(())
-            }
+            r if r.is_dr() => self.write_dr(r as usize - Register::DR0 as usize, v),
             _ => Err(ud()),
         }
     }
@@ -252,8 +240,16 @@ impl Cpu {
                 Ok(())
             }
             M::Lar | M::Lsl | M::Verr | M::Verw => self.segment_query(io, ins),
-            M::Syscall => self.syscall(),
-            M::Sysret | M::Sysretq => self.sysret(ins),
+            M::Syscall | M::Sysret | M::Sysretq => {
+                // Their single-step trap depends on TF at the end, not the start.
+                self.dbg.tf_at_end = true;
+                self.block_end = true;
+                if m == M::Syscall {
+                    self.syscall()
+                } else {
+                    self.sysret(ins)
+                }
+            }
             M::Ud0 | M::Ud1 | M::Ud2 => Err(ud()),
             _ => Err(self.unimplemented(ins)),
         }
