@@ -1,11 +1,17 @@
-//! SSE and SSE2 on the XMM registers: moves, integer lane arithmetic, logic, shifts,
-//! shuffles/unpacks/packs, scalar and packed single/double floating point, comparisons,
-//! conversions, and MXCSR access.
+//! SSE through SSE4.2 on the XMM registers. This module: moves, SSE/SSE2 integer lane
+//! arithmetic, logic, shifts, shuffles/unpacks/packs, scalar and packed single/double
+//! floating point, comparisons, conversions, MXCSR access, and the operand plumbing
+//! (XMM/memory sources and destinations, GPR extracts and inserts) for the submodules:
+//! `int` (SSSE3 and SSE4.1/4.2 integer lanes), `float` (SSE3 and SSE4.1 floating point),
+//! `string` (SSE4.2 PCMPxSTRx) and `lanes` (lane views).
 //!
 //! Floating point uses the host's IEEE arithmetic (round-to-nearest); MXCSR rounding
-//! control is honoured for the rounding conversions (cvtsd2si & co.), MXCSR exception
-//! flags are not updated and SIMD floating-point exceptions are never raised. MMX-register
-//! forms are not implemented (#UD, logged once).
+//! control is honoured for every rounding conversion (cvtsd2si & co.) and for ROUND*.
+//! MXCSR exception flags: only ROUND* sets them (invalid for a signalling NaN, precision
+//! when inexact unless imm bit 3 suppresses it); every other instruction leaves them
+//! unchanged, and SIMD floating-point exceptions (#XM) are never raised, whatever the
+//! MXCSR masks say. MMX-register forms (SSE2 and SSSE3 alike) are not implemented (#UD,
+//! logged once).
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
@@ -14,224 +20,209 @@ use crate::exceptions::{gp0, ud, Fault, NM, R};
 use crate::flags::{mask, CF, PF, ZF};
 use crate::platform::Platform;
 
+mod float;
+mod int;
+mod lanes;
+mod string;
+
+use lanes::*;
+
 pub fn handles(m: M) -> bool {
     use M::*;
-    matches!(
-        m,
-        Movdqa
-            | Movdqu
-            | Movaps
-            | Movups
-            | Movapd
-            | Movupd
-            | Lddqu
-            | Movntdq
-            | Movntps
-            | Movntpd
-            | Movnti
-            | Movq
-            | Movd
-            | Movss
-            | Movhpd
-            | Movhps
-            | Movlpd
-            | Movlps
-            | Movhlps
-            | Movlhps
-            | Movmskpd
-            | Movmskps
-            | Pmovmskb
-            | Pxor
-            | Xorps
-            | Xorpd
-            | Por
-            | Orps
-            | Orpd
-            | Pand
-            | Andps
-            | Andpd
-            | Pandn
-            | Andnps
-            | Andnpd
-            | Paddb
-            | Paddw
-            | Paddd
-            | Paddq
-            | Psubb
-            | Psubw
-            | Psubd
-            | Psubq
-            | Paddusb
-            | Paddusw
-            | Psubusb
-            | Psubusw
-            | Paddsb
-            | Paddsw
-            | Psubsb
-            | Psubsw
-            | Pcmpeqb
-            | Pcmpeqw
-            | Pcmpeqd
-            | Pcmpgtb
-            | Pcmpgtw
-            | Pcmpgtd
-            | Pminub
-            | Pmaxub
-            | Pminsw
-            | Pmaxsw
-            | Pavgb
-            | Pavgw
-            | Pmullw
-            | Pmulhw
-            | Pmulhuw
-            | Pmuludq
-            | Pmaddwd
-            | Psadbw
-            | Psllw
-            | Pslld
-            | Psllq
-            | Psrlw
-            | Psrld
-            | Psrlq
-            | Psraw
-            | Psrad
-            | Pslldq
-            | Psrldq
-            | Punpcklbw
-            | Punpcklwd
-            | Punpckldq
-            | Punpcklqdq
-            | Punpckhbw
-            | Punpckhwd
-            | Punpckhdq
-            | Punpckhqdq
-            | Packsswb
-            | Packssdw
-            | Packuswb
-            | Pshufd
-            | Pshuflw
-            | Pshufhw
-            | Shufps
-            | Shufpd
-            | Unpcklps
-            | Unpckhps
-            | Unpcklpd
-            | Unpckhpd
-            | Addsd
-            | Subsd
-            | Mulsd
-            | Divsd
-            | Minsd
-            | Maxsd
-            | Sqrtsd
-            | Addss
-            | Subss
-            | Mulss
-            | Divss
-            | Minss
-            | Maxss
-            | Sqrtss
-            | Addpd
-            | Subpd
-            | Mulpd
-            | Divpd
-            | Minpd
-            | Maxpd
-            | Sqrtpd
-            | Addps
-            | Subps
-            | Mulps
-            | Divps
-            | Minps
-            | Maxps
-            | Sqrtps
-            | Comisd
-            | Ucomisd
-            | Comiss
-            | Ucomiss
-            | Cmpss
-            | Cmppd
-            | Cmpps
-            | Cvtsi2sd
-            | Cvtsi2ss
-            | Cvttsd2si
-            | Cvtsd2si
-            | Cvttss2si
-            | Cvtss2si
-            | Cvtsd2ss
-            | Cvtss2sd
-            | Cvtdq2pd
-            | Cvtdq2ps
-            | Cvttps2dq
-            | Cvtps2dq
-            | Cvtps2pd
-            | Cvtpd2ps
-            | Cvttpd2dq
-            | Cvtpd2dq
-            | Ldmxcsr
-            | Stmxcsr
-            | Pextrw
-            | Pinsrw
-            | Movsd
-            | Cmpsd
-    )
+    int::handles(m)
+        || float::handles(m)
+        || matches!(
+            m,
+            Movntdqa
+                | Pextrb
+                | Pextrd
+                | Pextrq
+                | Extractps
+                | Ptest
+                | Pcmpestri
+                | Pcmpestri64
+                | Pcmpestrm
+                | Pcmpestrm64
+                | Pcmpistri
+                | Pcmpistrm
+        )
+        || matches!(
+            m,
+            Movdqa
+                | Movdqu
+                | Movaps
+                | Movups
+                | Movapd
+                | Movupd
+                | Lddqu
+                | Movntdq
+                | Movntps
+                | Movntpd
+                | Movnti
+                | Movq
+                | Movd
+                | Movss
+                | Movhpd
+                | Movhps
+                | Movlpd
+                | Movlps
+                | Movhlps
+                | Movlhps
+                | Movmskpd
+                | Movmskps
+                | Pmovmskb
+                | Pxor
+                | Xorps
+                | Xorpd
+                | Por
+                | Orps
+                | Orpd
+                | Pand
+                | Andps
+                | Andpd
+                | Pandn
+                | Andnps
+                | Andnpd
+                | Paddb
+                | Paddw
+                | Paddd
+                | Paddq
+                | Psubb
+                | Psubw
+                | Psubd
+                | Psubq
+                | Paddusb
+                | Paddusw
+                | Psubusb
+                | Psubusw
+                | Paddsb
+                | Paddsw
+                | Psubsb
+                | Psubsw
+                | Pcmpeqb
+                | Pcmpeqw
+                | Pcmpeqd
+                | Pcmpgtb
+                | Pcmpgtw
+                | Pcmpgtd
+                | Pminub
+                | Pmaxub
+                | Pminsw
+                | Pmaxsw
+                | Pavgb
+                | Pavgw
+                | Pmullw
+                | Pmulhw
+                | Pmulhuw
+                | Pmuludq
+                | Pmaddwd
+                | Psadbw
+                | Psllw
+                | Pslld
+                | Psllq
+                | Psrlw
+                | Psrld
+                | Psrlq
+                | Psraw
+                | Psrad
+                | Pslldq
+                | Psrldq
+                | Punpcklbw
+                | Punpcklwd
+                | Punpckldq
+                | Punpcklqdq
+                | Punpckhbw
+                | Punpckhwd
+                | Punpckhdq
+                | Punpckhqdq
+                | Packsswb
+                | Packssdw
+                | Packuswb
+                | Pshufd
+                | Pshuflw
+                | Pshufhw
+                | Shufps
+                | Shufpd
+                | Unpcklps
+                | Unpckhps
+                | Unpcklpd
+                | Unpckhpd
+                | Addsd
+                | Subsd
+                | Mulsd
+                | Divsd
+                | Minsd
+                | Maxsd
+                | Sqrtsd
+                | Addss
+                | Subss
+                | Mulss
+                | Divss
+                | Minss
+                | Maxss
+                | Sqrtss
+                | Addpd
+                | Subpd
+                | Mulpd
+                | Divpd
+                | Minpd
+                | Maxpd
+                | Sqrtpd
+                | Addps
+                | Subps
+                | Mulps
+                | Divps
+                | Minps
+                | Maxps
+                | Sqrtps
+                | Comisd
+                | Ucomisd
+                | Comiss
+                | Ucomiss
+                | Cmpss
+                | Cmppd
+                | Cmpps
+                | Cvtsi2sd
+                | Cvtsi2ss
+                | Cvttsd2si
+                | Cvtsd2si
+                | Cvttss2si
+                | Cvtss2si
+                | Cvtsd2ss
+                | Cvtss2sd
+                | Cvtdq2pd
+                | Cvtdq2ps
+                | Cvttps2dq
+                | Cvtps2dq
+                | Cvtps2pd
+                | Cvtpd2ps
+                | Cvttpd2dq
+                | Cvtpd2dq
+                | Ldmxcsr
+                | Stmxcsr
+                | Pextrw
+                | Pinsrw
+                | Movsd
+                | Cmpsd
+        )
 }
 
 /// Instructions that accept an unaligned 16-byte memory operand.
 fn unaligned_ok(m: M) -> bool {
-    matches!(m, M::Movdqu | M::Movups | M::Movupd | M::Lddqu)
-}
-
-fn b16(v: u128) -> [u8; 16] {
-    v.to_le_bytes()
-}
-fn w8(v: u128) -> [u16; 8] {
-    let b = v.to_le_bytes();
-    std::array::from_fn(|i| u16::from_le_bytes([b[2 * i], b[2 * i + 1]]))
-}
-fn d4(v: u128) -> [u32; 4] {
-    std::array::from_fn(|i| (v >> (32 * i)) as u32)
-}
-fn q2(v: u128) -> [u64; 2] {
-    [v as u64, (v >> 64) as u64]
-}
-fn from_b(a: [u8; 16]) -> u128 {
-    u128::from_le_bytes(a)
-}
-fn from_w(a: [u16; 8]) -> u128 {
-    a.iter()
-        .enumerate()
-        .fold(0, |acc, (i, x)| acc | (*x as u128) << (16 * i))
-}
-fn from_d(a: [u32; 4]) -> u128 {
-    a.iter()
-        .enumerate()
-        .fold(0, |acc, (i, x)| acc | (*x as u128) << (32 * i))
-}
-fn from_q(a: [u64; 2]) -> u128 {
-    a[0] as u128 | (a[1] as u128) << 64
-}
-fn f32s(v: u128) -> [f32; 4] {
-    d4(v).map(f32::from_bits)
-}
-fn f64s(v: u128) -> [f64; 2] {
-    q2(v).map(f64::from_bits)
-}
-fn from_f32(a: [f32; 4]) -> u128 {
-    from_d(a.map(f32::to_bits))
-}
-fn from_f64(a: [f64; 2]) -> u128 {
-    from_q(a.map(f64::to_bits))
-}
-
-fn sat_i8(v: i32) -> u8 {
-    v.clamp(-128, 127) as i8 as u8
-}
-fn sat_u8(v: i32) -> u8 {
-    v.clamp(0, 255) as u8
-}
-fn sat_i16(v: i32) -> u16 {
-    v.clamp(-32768, 32767) as i16 as u16
+    use M::*;
+    matches!(
+        m,
+        Movdqu
+            | Movups
+            | Movupd
+            | Lddqu
+            | Pcmpestri
+            | Pcmpestri64
+            | Pcmpestrm
+            | Pcmpestrm64
+            | Pcmpistri
+            | Pcmpistrm
+    )
 }
 
 fn minf<T: PartialOrd>(a: T, b: T) -> T {
@@ -402,7 +393,7 @@ impl Cpu {
                 self.wr(io, ins, 0, size, v)
             }
             Movdqa | Movdqu | Movaps | Movups | Movapd | Movupd | Lddqu | Movntdq | Movntps
-            | Movntpd => {
+            | Movntpd | Movntdqa => {
                 let v = self.xsrc(io, ins, 1)?;
                 self.xdst(io, ins, v)
             }
@@ -486,6 +477,32 @@ impl Cpu {
                 }
                 self.reg_write(ins.op0_register(), v);
                 Ok(())
+            }
+            Pextrb | Pextrd | Pextrq | Extractps => {
+                let s = self.xsrc(io, ins, 1)?;
+                let i = ins.immediate8() as usize;
+                let (v, size) = match m {
+                    Pextrb => (b16(s)[i & 15] as u64, 1),
+                    Pextrq => (q2(s)[i & 1], 8),
+                    _ => (d4(s)[i & 3] as u64, 4),
+                };
+                if op0_mem {
+                    return self.wr(io, ins, 0, size, v);
+                }
+                // A 32- or 64-bit register destination: zero-extended.
+                self.reg_write(ins.op0_register(), v);
+                Ok(())
+            }
+            Ptest => {
+                let a = self.xreg0(ins);
+                let b = self.xsrc(io, ins, 1)?;
+                let zf = if a & b == 0 { ZF } else { 0 };
+                let cf = if !a & b == 0 { CF } else { 0 };
+                self.flags.set_arith(zf | cf);
+                Ok(())
+            }
+            Pcmpestri | Pcmpestri64 | Pcmpestrm | Pcmpestrm64 | Pcmpistri | Pcmpistrm => {
+                self.pcmpstr(io, ins)
             }
             Pinsrw => {
                 let s = self.xsrc(io, ins, 1)? as u16;
@@ -885,9 +902,53 @@ impl Cpu {
                 let s = f64s(b);
                 from_f32([s[0] as f32, s[1] as f32, 0.0, 0.0])
             }
-            _ => return Err(self.unimplemented(ins)),
+            Roundps | Roundpd | Roundss | Roundsd => {
+                let (r, raised) = float::round(m, a, b, ins.immediate8(), rc);
+                self.fpu.mxcsr |= raised;
+                r
+            }
+            _ => {
+                let imm = ins.immediate8();
+                let x0 = self.fpu.xmm[0];
+                let src_mem = ins.op1_kind() == OpKind::Memory;
+                match int::compute(m, a, b, imm, x0)
+                    .or_else(|| float::compute(m, a, b, imm, x0, src_mem))
+                {
+                    Some(r) => r,
+                    None => return Err(self.unimplemented(ins)),
+                }
+            }
         };
         self.xdst(io, ins, r)
+    }
+
+    /// PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM: lengths from EAX/EDX (RAX/RDX for the
+    /// REX.W forms) or the first NUL element; the index goes to ECX, the mask to XMM0.
+    fn pcmpstr(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        use M::*;
+        let m = ins.mnemonic();
+        let a = self.xreg0(ins);
+        let b = self.xsrc(io, ins, 1)?;
+        let mode = string::Mode::new(ins.immediate8());
+        let (la, lb) = match m {
+            Pcmpistri | Pcmpistrm => (mode.implicit_len(a), mode.implicit_len(b)),
+            Pcmpestri64 | Pcmpestrm64 => (
+                mode.explicit_len(self.gpr[0] as i64),
+                mode.explicit_len(self.gpr[2] as i64),
+            ),
+            _ => (
+                mode.explicit_len(self.gpr[0] as i32 as i64),
+                mode.explicit_len(self.gpr[2] as i32 as i64),
+            ),
+        };
+        let out = string::compare(mode, a, la, b, lb);
+        if matches!(m, Pcmpestri | Pcmpestri64 | Pcmpistri) {
+            self.gpr[1] = string::index(mode, out.res);
+        } else {
+            self.fpu.xmm[0] = string::mask(mode, out.res);
+        }
+        self.flags.set_arith(out.flags);
+        Ok(())
     }
 }
 
