@@ -350,6 +350,7 @@ const CLASSES: &[M] = &[
     M::Bsf,
     M::Bsr,
     M::Popcnt,
+    M::Crc32,
     M::Bswap,
     M::Xchg,
     M::Xadd,
@@ -475,7 +476,7 @@ fn xmm_value(rng: &mut StdRng) -> u128 {
 
 #[test]
 fn integer_instructions_match_host() {
-    run_diff(CLASSES, 474);
+    run_diff(CLASSES, 479);
 }
 
 #[test]

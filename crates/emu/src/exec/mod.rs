@@ -242,6 +242,7 @@ impl Cpu {
             M::Mul | M::Imul | M::Div | M::Idiv => self.muldiv(io, ins),
             M::Bt | M::Bts | M::Btr | M::Btc => self.bit_test(io, ins),
             M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt | M::Popcnt => self.bit_scan(io, ins),
+            M::Crc32 => self.crc32(io, ins),
             M::Cbw | M::Cwde | M::Cdqe | M::Cwd | M::Cdq | M::Cqo => {
                 self.convert(ins);
                 Ok(())
