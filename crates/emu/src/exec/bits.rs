@@ -1,7 +1,6 @@
 //! Bit instructions: bt/bts/btr/btc (with bit-string addressing for memory operands),
-//! bsf/bsr, popcnt, and SSE4.2's crc32 (CRC-32C). tzcnt/lzcnt execute as bsf/bsr, as on
-//! CPUs without BMI1/ABM (CPUID does not advertise them, and their encodings are REP BSF /
-//! REP BSR there).
+//! bsf/bsr, popcnt, lzcnt (ABM) and tzcnt (BMI1), and SSE4.2's crc32 (CRC-32C).
+//! lzcnt/tzcnt leave OF, SF, AF and PF (undefined) cleared.
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind};
 
@@ -72,12 +71,24 @@ impl Cpu {
                 self.reg_write(d, v.count_ones() as u64);
                 self.flags.set_arith(if v == 0 { ZF } else { 0 });
             }
-            M::Bsf | M::Tzcnt | M::Bsr | M::Lzcnt => {
+            M::Tzcnt | M::Lzcnt => {
+                let bits = size as u32 * 8;
+                let n = if m == M::Tzcnt {
+                    v.trailing_zeros().min(bits)
+                } else {
+                    v.leading_zeros() - (64 - bits)
+                };
+                self.reg_write(d, n as u64);
+                let cf = if v == 0 { CF } else { 0 };
+                let zf = if n == 0 { ZF } else { 0 };
+                self.flags.set_arith(cf | zf);
+            }
+            M::Bsf | M::Bsr => {
                 let old = self.flags.get();
                 if v == 0 {
                     self.flags.set_arith((old & ARITH & !ZF) | ZF);
                 } else {
-                    let idx = if matches!(m, M::Bsf | M::Tzcnt) {
+                    let idx = if m == M::Bsf {
                         v.trailing_zeros()
                     } else {
                         63 - v.leading_zeros()
