@@ -3,7 +3,8 @@
 //! functions of the destination `a`, the source `b` and the immediate.
 //!
 //! Arithmetic is the host's IEEE arithmetic in round-to-nearest (MXCSR.RC is not applied
-//! to additions and multiplications, as in the SSE/SSE2 code). ROUND* honours the
+//! to additions and multiplications, as in the SSE/SSE2 code), with the x86 NaN rule
+//! (`nan2_*`) for the additions and subtractions; DPPS/DPPD use the host's. ROUND* honours the
 //! immediate's rounding mode or MXCSR.RC (imm bit 2) and reports the MXCSR exception
 //! flags it raises (invalid for a signalling NaN, precision for an inexact result unless
 //! imm bit 3 suppresses it); the caller ORs them into MXCSR.
@@ -51,29 +52,48 @@ pub(super) fn compute(m: M, a: u128, b: u128, imm: u8, x0: u128, src_mem: bool) 
     Some(match m {
         Addsubps => {
             let (x, y) = (f32s(a), f32s(b));
-            from_f32([x[0] - y[0], x[1] + y[1], x[2] - y[2], x[3] + y[3]])
+            let sub = |i: usize| nan2_f32(x[i], y[i], |p, q| p - q);
+            let add = |i: usize| nan2_f32(x[i], y[i], |p, q| p + q);
+            from_f32([sub(0), add(1), sub(2), add(3)])
         }
         Addsubpd => {
             let (x, y) = (f64s(a), f64s(b));
-            from_f64([x[0] - y[0], x[1] + y[1]])
+            from_f64([
+                nan2_f64(x[0], y[0], |p, q| p - q),
+                nan2_f64(x[1], y[1], |p, q| p + q),
+            ])
         }
         // Separate arms: a select between `p + q` and `p - q` may be compiled as
         // `p + (±q)`, which flips the sign of a NaN in `q`.
         Haddps => {
             let (x, y) = (f32s(a), f32s(b));
-            from_f32([x[0] + x[1], x[2] + x[3], y[0] + y[1], y[2] + y[3]])
+            let add = |p: f32, q: f32| nan2_f32(p, q, |p, q| p + q);
+            from_f32([
+                add(x[0], x[1]),
+                add(x[2], x[3]),
+                add(y[0], y[1]),
+                add(y[2], y[3]),
+            ])
         }
         Hsubps => {
             let (x, y) = (f32s(a), f32s(b));
-            from_f32([x[0] - x[1], x[2] - x[3], y[0] - y[1], y[2] - y[3]])
+            let sub = |p: f32, q: f32| nan2_f32(p, q, |p, q| p - q);
+            from_f32([
+                sub(x[0], x[1]),
+                sub(x[2], x[3]),
+                sub(y[0], y[1]),
+                sub(y[2], y[3]),
+            ])
         }
         Haddpd => {
             let (x, y) = (f64s(a), f64s(b));
-            from_f64([x[0] + x[1], y[0] + y[1]])
+            let add = |p: f64, q: f64| nan2_f64(p, q, |p, q| p + q);
+            from_f64([add(x[0], x[1]), add(y[0], y[1])])
         }
         Hsubpd => {
             let (x, y) = (f64s(a), f64s(b));
-            from_f64([x[0] - x[1], y[0] - y[1]])
+            let sub = |p: f64, q: f64| nan2_f64(p, q, |p, q| p - q);
+            from_f64([sub(x[0], x[1]), sub(y[0], y[1])])
         }
         Movshdup => {
             let y = d4(b);

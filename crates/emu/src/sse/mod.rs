@@ -5,7 +5,8 @@
 //! `int` (SSSE3 and SSE4.1/4.2 integer lanes), `float` (SSE3 and SSE4.1 floating point),
 //! `string` (SSE4.2 PCMPxSTRx) and `lanes` (lane views).
 //!
-//! Floating point uses the host's IEEE arithmetic (round-to-nearest); MXCSR rounding
+//! Floating point uses the host's IEEE arithmetic (round-to-nearest) with the x86 NaN rule
+//! for two-source arithmetic (`lanes::nan2_*`: the first NaN source wins); MXCSR rounding
 //! control is honoured for every rounding conversion (cvtsd2si & co.) and for ROUND*.
 //! MXCSR exception flags: only ROUND* sets them (invalid for a signalling NaN, precision
 //! when inexact unless imm bit 3 suppresses it); every other instruction leaves them
@@ -748,10 +749,10 @@ impl Cpu {
             Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd => {
                 let (x, y) = (f64::from_bits(a as u64), f64::from_bits(b as u64));
                 let r = match m {
-                    Addsd => x + y,
-                    Subsd => x - y,
-                    Mulsd => x * y,
-                    Divsd => x / y,
+                    Addsd => nan2_f64(x, y, |p, q| p + q),
+                    Subsd => nan2_f64(x, y, |p, q| p - q),
+                    Mulsd => nan2_f64(x, y, |p, q| p * q),
+                    Divsd => nan2_f64(x, y, |p, q| p / q),
                     Minsd => minf(x, y),
                     Maxsd => maxf(x, y),
                     _ => y.sqrt(),
@@ -761,10 +762,10 @@ impl Cpu {
             Addss | Subss | Mulss | Divss | Minss | Maxss | Sqrtss => {
                 let (x, y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
                 let r = match m {
-                    Addss => x + y,
-                    Subss => x - y,
-                    Mulss => x * y,
-                    Divss => x / y,
+                    Addss => nan2_f32(x, y, |p, q| p + q),
+                    Subss => nan2_f32(x, y, |p, q| p - q),
+                    Mulss => nan2_f32(x, y, |p, q| p * q),
+                    Divss => nan2_f32(x, y, |p, q| p / q),
                     Minss => minf(x, y),
                     Maxss => maxf(x, y),
                     _ => y.sqrt(),
@@ -774,10 +775,10 @@ impl Cpu {
             Addpd | Subpd | Mulpd | Divpd | Minpd | Maxpd | Sqrtpd => {
                 let (x, y) = (f64s(a), f64s(b));
                 from_f64(std::array::from_fn(|i| match m {
-                    Addpd => x[i] + y[i],
-                    Subpd => x[i] - y[i],
-                    Mulpd => x[i] * y[i],
-                    Divpd => x[i] / y[i],
+                    Addpd => nan2_f64(x[i], y[i], |p, q| p + q),
+                    Subpd => nan2_f64(x[i], y[i], |p, q| p - q),
+                    Mulpd => nan2_f64(x[i], y[i], |p, q| p * q),
+                    Divpd => nan2_f64(x[i], y[i], |p, q| p / q),
                     Minpd => minf(x[i], y[i]),
                     Maxpd => maxf(x[i], y[i]),
                     _ => y[i].sqrt(),
@@ -786,10 +787,10 @@ impl Cpu {
             Addps | Subps | Mulps | Divps | Minps | Maxps | Sqrtps => {
                 let (x, y) = (f32s(a), f32s(b));
                 from_f32(std::array::from_fn(|i| match m {
-                    Addps => x[i] + y[i],
-                    Subps => x[i] - y[i],
-                    Mulps => x[i] * y[i],
-                    Divps => x[i] / y[i],
+                    Addps => nan2_f32(x[i], y[i], |p, q| p + q),
+                    Subps => nan2_f32(x[i], y[i], |p, q| p - q),
+                    Mulps => nan2_f32(x[i], y[i], |p, q| p * q),
+                    Divps => nan2_f32(x[i], y[i], |p, q| p / q),
                     Minps => minf(x[i], y[i]),
                     Maxps => maxf(x[i], y[i]),
                     _ => y[i].sqrt(),
