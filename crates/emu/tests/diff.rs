@@ -765,7 +765,48 @@ fn mxcsr_exact(m: M) -> bool {
 /// Instructions run with a random MXCSR rounding mode (their result depends on it) but
 /// whose MXCSR exception flags the engine does not track.
 fn mxcsr_rounding(m: M) -> bool {
-    mxcsr_exact(m) || matches!(m, M::Cvtsd2si | M::Cvtss2si | M::Cvtps2dq | M::Cvtpd2dq)
+    use M::*;
+    mxcsr_exact(m)
+        || matches!(
+            m,
+            Cvtsd2si
+                | Cvtss2si
+                | Cvtps2dq
+                | Cvtpd2dq
+                | Cvtsi2sd
+                | Cvtsi2ss
+                | Cvtsd2ss
+                | Cvtpd2ps
+                | Cvtdq2ps
+                | Addsd
+                | Subsd
+                | Mulsd
+                | Divsd
+                | Sqrtsd
+                | Addss
+                | Subss
+                | Mulss
+                | Divss
+                | Sqrtss
+                | Addpd
+                | Subpd
+                | Mulpd
+                | Divpd
+                | Sqrtpd
+                | Addps
+                | Subps
+                | Mulps
+                | Divps
+                | Sqrtps
+                | Addsubps
+                | Addsubpd
+                | Haddps
+                | Haddpd
+                | Hsubps
+                | Hsubpd
+                | Dpps
+                | Dppd
+        )
 }
 
 /// 16 bytes for the string compares: letters from a small alphabet (words of either

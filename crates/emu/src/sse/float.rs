@@ -2,9 +2,7 @@
 //! duplicating moves) and SSE4.1 (blends, dot products, INSERTPS, ROUND*), as pure
 //! functions of the destination `a`, the source `b` and the immediate.
 //!
-//! Arithmetic is the host's IEEE arithmetic in round-to-nearest (MXCSR.RC is not applied
-//! to additions and multiplications, as in the SSE/SSE2 code), with the x86 NaN rule
-//! (`nan2_*`) for the additions and subtractions; DPPS/DPPD use the host's. ROUND* honours the
+//! Arithmetic goes through `rounding` (MXCSR.RC and the x86 NaN rule). ROUND* honours the
 //! immediate's rounding mode or MXCSR.RC (imm bit 2) and reports the MXCSR exception
 //! flags it raises (invalid for a signalling NaN, precision for an inexact result unless
 //! imm bit 3 suppresses it); the caller ORs them into MXCSR.
@@ -12,6 +10,7 @@
 use iced_x86::Mnemonic as M;
 
 use super::lanes::*;
+use super::rounding::{arith32, arith64, Arith, Rc};
 
 /// MXCSR exception flags.
 pub(super) const MXCSR_IE: u32 = 1 << 0;
@@ -46,28 +45,34 @@ pub(super) fn handles(m: M) -> bool {
 
 /// The result of `m` (one of `handles` except ROUND*), with `x0` the implicit XMM0
 /// operand of BLENDVPS/PD and `src_mem` whether the source operand is in memory.
-pub(super) fn compute(m: M, a: u128, b: u128, imm: u8, x0: u128, src_mem: bool) -> Option<u128> {
+pub(super) fn compute(
+    m: M,
+    a: u128,
+    b: u128,
+    imm: u8,
+    x0: u128,
+    src_mem: bool,
+    rc: Rc,
+) -> Option<u128> {
     use M::*;
     let sel = |bit: usize| imm >> bit & 1 != 0;
     Some(match m {
         Addsubps => {
             let (x, y) = (f32s(a), f32s(b));
-            let sub = |i: usize| nan2_f32(x[i], y[i], |p, q| p - q);
-            let add = |i: usize| nan2_f32(x[i], y[i], |p, q| p + q);
+            let sub = |i: usize| arith32(Arith::Sub, x[i], y[i], rc);
+            let add = |i: usize| arith32(Arith::Add, x[i], y[i], rc);
             from_f32([sub(0), add(1), sub(2), add(3)])
         }
         Addsubpd => {
             let (x, y) = (f64s(a), f64s(b));
             from_f64([
-                nan2_f64(x[0], y[0], |p, q| p - q),
-                nan2_f64(x[1], y[1], |p, q| p + q),
+                arith64(Arith::Sub, x[0], y[0], rc),
+                arith64(Arith::Add, x[1], y[1], rc),
             ])
         }
-        // Separate arms: a select between `p + q` and `p - q` may be compiled as
-        // `p + (±q)`, which flips the sign of a NaN in `q`.
         Haddps => {
             let (x, y) = (f32s(a), f32s(b));
-            let add = |p: f32, q: f32| nan2_f32(p, q, |p, q| p + q);
+            let add = |p: f32, q: f32| arith32(Arith::Add, p, q, rc);
             from_f32([
                 add(x[0], x[1]),
                 add(x[2], x[3]),
@@ -77,7 +82,7 @@ pub(super) fn compute(m: M, a: u128, b: u128, imm: u8, x0: u128, src_mem: bool) 
         }
         Hsubps => {
             let (x, y) = (f32s(a), f32s(b));
-            let sub = |p: f32, q: f32| nan2_f32(p, q, |p, q| p - q);
+            let sub = |p: f32, q: f32| arith32(Arith::Sub, p, q, rc);
             from_f32([
                 sub(x[0], x[1]),
                 sub(x[2], x[3]),
@@ -87,12 +92,12 @@ pub(super) fn compute(m: M, a: u128, b: u128, imm: u8, x0: u128, src_mem: bool) 
         }
         Haddpd => {
             let (x, y) = (f64s(a), f64s(b));
-            let add = |p: f64, q: f64| nan2_f64(p, q, |p, q| p + q);
+            let add = |p: f64, q: f64| arith64(Arith::Add, p, q, rc);
             from_f64([add(x[0], x[1]), add(y[0], y[1])])
         }
         Hsubpd => {
             let (x, y) = (f64s(a), f64s(b));
-            let sub = |p: f64, q: f64| nan2_f64(p, q, |p, q| p - q);
+            let sub = |p: f64, q: f64| arith64(Arith::Sub, p, q, rc);
             from_f64([sub(x[0], x[1]), sub(y[0], y[1])])
         }
         Movshdup => {
@@ -136,15 +141,28 @@ pub(super) fn compute(m: M, a: u128, b: u128, imm: u8, x0: u128, src_mem: bool) 
         }
         Dpps => {
             let (x, y) = (f32s(a), f32s(b));
-            let t: [f32; 4] = std::array::from_fn(|i| if sel(4 + i) { x[i] * y[i] } else { 0.0 });
-            // The hardware's association: (t0 + t1) + (t2 + t3), each sum rounded.
-            let sum = (t[0] + t[1]) + (t[2] + t[3]);
+            let t: [f32; 4] = std::array::from_fn(|i| {
+                if sel(4 + i) {
+                    arith32(Arith::Mul, x[i], y[i], rc)
+                } else {
+                    0.0
+                }
+            });
+            // The hardware's association: (t0 + t1) + (t2 + t3), each step rounded.
+            let add = |p: f32, q: f32| arith32(Arith::Add, p, q, rc);
+            let sum = add(add(t[0], t[1]), add(t[2], t[3]));
             from_f32(std::array::from_fn(|i| if sel(i) { sum } else { 0.0 }))
         }
         Dppd => {
             let (x, y) = (f64s(a), f64s(b));
-            let t: [f64; 2] = std::array::from_fn(|i| if sel(4 + i) { x[i] * y[i] } else { 0.0 });
-            let sum = t[0] + t[1];
+            let t: [f64; 2] = std::array::from_fn(|i| {
+                if sel(4 + i) {
+                    arith64(Arith::Mul, x[i], y[i], rc)
+                } else {
+                    0.0
+                }
+            });
+            let sum = arith64(Arith::Add, t[0], t[1], rc);
             from_f64(std::array::from_fn(|i| if sel(i) { sum } else { 0.0 }))
         }
         Insertps => {

@@ -64,28 +64,3 @@ pub(super) fn lane_mask<T: From<u8> + std::ops::Not<Output = T>>(t: bool) -> T {
         T::from(0)
     }
 }
-
-/// x86's NaN rule for a two-source SSE arithmetic operation `f(x, y)`: a NaN in the first
-/// source wins over one in the second, and the NaN returned is quiet. (The compiler may
-/// swap the operands of `+` and `*`, so the host instruction's own rule cannot be relied
-/// on.)
-pub(super) fn nan2_f32(x: f32, y: f32, f: impl FnOnce(f32, f32) -> f32) -> f32 {
-    if x.is_nan() {
-        f32::from_bits(x.to_bits() | 1 << 22)
-    } else if y.is_nan() {
-        f32::from_bits(y.to_bits() | 1 << 22)
-    } else {
-        f(x, y)
-    }
-}
-
-/// `nan2_f32` for doubles.
-pub(super) fn nan2_f64(x: f64, y: f64, f: impl FnOnce(f64, f64) -> f64) -> f64 {
-    if x.is_nan() {
-        f64::from_bits(x.to_bits() | 1 << 51)
-    } else if y.is_nan() {
-        f64::from_bits(y.to_bits() | 1 << 51)
-    } else {
-        f(x, y)
-    }
-}

@@ -5,9 +5,10 @@
 //! `int` (SSSE3 and SSE4.1/4.2 integer lanes), `float` (SSE3 and SSE4.1 floating point),
 //! `string` (SSE4.2 PCMPxSTRx) and `lanes` (lane views).
 //!
-//! Floating point uses the host's IEEE arithmetic (round-to-nearest) with the x86 NaN rule
-//! for two-source arithmetic (`lanes::nan2_*`: the first NaN source wins); MXCSR rounding
-//! control is honoured for every rounding conversion (cvtsd2si & co.) and for ROUND*.
+//! Floating point: every rounding operation honours MXCSR.RC — arithmetic, square roots,
+//! narrowing and integer-to-float conversions through `rounding` (which also applies the
+//! x86 NaN rule: the first NaN source wins, quieted), float-to-integer conversions
+//! (cvtsd2si & co.) and ROUND*. MXCSR.FTZ and DAZ are not applied (DAZ cannot be set).
 //! MXCSR exception flags: only ROUND* sets them (invalid for a signalling NaN, precision
 //! when inexact unless imm bit 3 suppresses it); every other instruction leaves them
 //! unchanged, and SIMD floating-point exceptions (#XM) are never raised, whatever the
@@ -24,9 +25,11 @@ use crate::platform::Platform;
 mod float;
 mod int;
 mod lanes;
+mod rounding;
 mod string;
 
 use lanes::*;
+use rounding::{arith32, arith64, Arith, Rc};
 
 pub fn handles(m: M) -> bool {
     use M::*;
@@ -536,6 +539,7 @@ impl Cpu {
         let a = self.xreg0(ins);
         let b = self.xsrc(io, ins, 1)?;
         let rc = (self.fpu.mxcsr >> 13) & 3;
+        let rcm = Rc::from_mxcsr(self.fpu.mxcsr);
         let r: u128 = match m {
             Pxor | Xorps | Xorpd => a ^ b,
             Por | Orps | Orpd => a | b,
@@ -749,51 +753,51 @@ impl Cpu {
             Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd => {
                 let (x, y) = (f64::from_bits(a as u64), f64::from_bits(b as u64));
                 let r = match m {
-                    Addsd => nan2_f64(x, y, |p, q| p + q),
-                    Subsd => nan2_f64(x, y, |p, q| p - q),
-                    Mulsd => nan2_f64(x, y, |p, q| p * q),
-                    Divsd => nan2_f64(x, y, |p, q| p / q),
+                    Addsd => arith64(Arith::Add, x, y, rcm),
+                    Subsd => arith64(Arith::Sub, x, y, rcm),
+                    Mulsd => arith64(Arith::Mul, x, y, rcm),
+                    Divsd => arith64(Arith::Div, x, y, rcm),
                     Minsd => minf(x, y),
                     Maxsd => maxf(x, y),
-                    _ => y.sqrt(),
+                    _ => rounding::sqrt_64(y, rcm),
                 };
                 (a & !(u64::MAX as u128)) | r.to_bits() as u128
             }
             Addss | Subss | Mulss | Divss | Minss | Maxss | Sqrtss => {
                 let (x, y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
                 let r = match m {
-                    Addss => nan2_f32(x, y, |p, q| p + q),
-                    Subss => nan2_f32(x, y, |p, q| p - q),
-                    Mulss => nan2_f32(x, y, |p, q| p * q),
-                    Divss => nan2_f32(x, y, |p, q| p / q),
+                    Addss => arith32(Arith::Add, x, y, rcm),
+                    Subss => arith32(Arith::Sub, x, y, rcm),
+                    Mulss => arith32(Arith::Mul, x, y, rcm),
+                    Divss => arith32(Arith::Div, x, y, rcm),
                     Minss => minf(x, y),
                     Maxss => maxf(x, y),
-                    _ => y.sqrt(),
+                    _ => rounding::sqrt_32(y, rcm),
                 };
                 (a & !0xffff_ffffu128) | r.to_bits() as u128
             }
             Addpd | Subpd | Mulpd | Divpd | Minpd | Maxpd | Sqrtpd => {
                 let (x, y) = (f64s(a), f64s(b));
                 from_f64(std::array::from_fn(|i| match m {
-                    Addpd => nan2_f64(x[i], y[i], |p, q| p + q),
-                    Subpd => nan2_f64(x[i], y[i], |p, q| p - q),
-                    Mulpd => nan2_f64(x[i], y[i], |p, q| p * q),
-                    Divpd => nan2_f64(x[i], y[i], |p, q| p / q),
+                    Addpd => arith64(Arith::Add, x[i], y[i], rcm),
+                    Subpd => arith64(Arith::Sub, x[i], y[i], rcm),
+                    Mulpd => arith64(Arith::Mul, x[i], y[i], rcm),
+                    Divpd => arith64(Arith::Div, x[i], y[i], rcm),
                     Minpd => minf(x[i], y[i]),
                     Maxpd => maxf(x[i], y[i]),
-                    _ => y[i].sqrt(),
+                    _ => rounding::sqrt_64(y[i], rcm),
                 }))
             }
             Addps | Subps | Mulps | Divps | Minps | Maxps | Sqrtps => {
                 let (x, y) = (f32s(a), f32s(b));
                 from_f32(std::array::from_fn(|i| match m {
-                    Addps => nan2_f32(x[i], y[i], |p, q| p + q),
-                    Subps => nan2_f32(x[i], y[i], |p, q| p - q),
-                    Mulps => nan2_f32(x[i], y[i], |p, q| p * q),
-                    Divps => nan2_f32(x[i], y[i], |p, q| p / q),
+                    Addps => arith32(Arith::Add, x[i], y[i], rcm),
+                    Subps => arith32(Arith::Sub, x[i], y[i], rcm),
+                    Mulps => arith32(Arith::Mul, x[i], y[i], rcm),
+                    Divps => arith32(Arith::Div, x[i], y[i], rcm),
                     Minps => minf(x[i], y[i]),
                     Maxps => maxf(x[i], y[i]),
-                    _ => y[i].sqrt(),
+                    _ => rounding::sqrt_32(y[i], rcm),
                 }))
             }
             Comisd | Ucomisd | Comiss | Ucomiss => {
@@ -853,9 +857,9 @@ impl Cpu {
                     v as u32 as i32 as i64
                 };
                 if m == Cvtsi2sd {
-                    (a & !(u64::MAX as u128)) | (iv as f64).to_bits() as u128
+                    (a & !(u64::MAX as u128)) | rounding::i64_to_f64(iv, rcm).to_bits() as u128
                 } else {
-                    (a & !0xffff_ffffu128) | (iv as f32).to_bits() as u128
+                    (a & !0xffff_ffffu128) | rounding::i64_to_f32(iv, rcm).to_bits() as u128
                 }
             }
             Cvttsd2si | Cvtsd2si | Cvttss2si | Cvtss2si => {
@@ -871,7 +875,8 @@ impl Cpu {
                 return Ok(());
             }
             Cvtsd2ss => {
-                (a & !0xffff_ffffu128) | (f64::from_bits(b as u64) as f32).to_bits() as u128
+                let v = rounding::f64_to_f32(f64::from_bits(b as u64), rcm);
+                (a & !0xffff_ffffu128) | v.to_bits() as u128
             }
             Cvtss2sd => {
                 (a & !(u64::MAX as u128)) | (f32::from_bits(b as u32) as f64).to_bits() as u128
@@ -880,7 +885,7 @@ impl Cpu {
                 let s = d4(b);
                 from_f64([s[0] as i32 as f64, s[1] as i32 as f64])
             }
-            Cvtdq2ps => from_f32(d4(b).map(|x| x as i32 as f32)),
+            Cvtdq2ps => from_f32(d4(b).map(|x| rounding::i64_to_f32(x as i32 as i64, rcm))),
             Cvttps2dq | Cvtps2dq => {
                 let t = m == Cvttps2dq;
                 from_d(f32s(b).map(|x| f2i(x as f64, 32, rc, t) as u32))
@@ -901,7 +906,8 @@ impl Cpu {
             }
             Cvtpd2ps => {
                 let s = f64s(b);
-                from_f32([s[0] as f32, s[1] as f32, 0.0, 0.0])
+                let n = |x: f64| rounding::f64_to_f32(x, rcm);
+                from_f32([n(s[0]), n(s[1]), 0.0, 0.0])
             }
             Roundps | Roundpd | Roundss | Roundsd => {
                 let (r, raised) = float::round(m, a, b, ins.immediate8(), rc);
@@ -913,7 +919,7 @@ impl Cpu {
                 let x0 = self.fpu.xmm[0];
                 let src_mem = ins.op1_kind() == OpKind::Memory;
                 match int::compute(m, a, b, imm, x0)
-                    .or_else(|| float::compute(m, a, b, imm, x0, src_mem))
+                    .or_else(|| float::compute(m, a, b, imm, x0, src_mem, rcm))
                 {
                     Some(r) => r,
                     None => return Err(self.unimplemented(ins)),
