@@ -1,9 +1,10 @@
-//! SSE through SSE4.2 on the XMM registers. This module: moves, SSE/SSE2 integer lane
+//! SSE through SSE4.2, PCLMULQDQ and AES-NI on the XMM registers. This module: moves, SSE/SSE2 integer lane
 //! arithmetic, logic, shifts, shuffles/unpacks/packs, scalar and packed single/double
 //! floating point, comparisons, conversions, MXCSR access, and the operand plumbing
 //! (XMM/memory sources and destinations, GPR extracts and inserts) for the submodules:
 //! `int` (SSSE3 and SSE4.1/4.2 integer lanes), `float` (SSE3 and SSE4.1 floating point),
-//! `string` (SSE4.2 PCMPxSTRx) and `lanes` (lane views).
+//! `string` (SSE4.2 PCMPxSTRx), `crypto` (PCLMULQDQ, AES-NI), `rounding` (MXCSR.RC for
+//! the arithmetic) and `lanes` (lane views).
 //!
 //! Floating point: every rounding operation honours MXCSR.RC — arithmetic, square roots,
 //! narrowing and integer-to-float conversions through `rounding` (which also applies the
@@ -22,6 +23,7 @@ use crate::exceptions::{gp0, ud, Fault, NM, R};
 use crate::flags::{mask, CF, PF, ZF};
 use crate::platform::Platform;
 
+mod crypto;
 mod float;
 mod int;
 mod lanes;
@@ -35,6 +37,7 @@ pub fn handles(m: M) -> bool {
     use M::*;
     int::handles(m)
         || float::handles(m)
+        || crypto::handles(m)
         || matches!(
             m,
             Movntdqa
@@ -920,6 +923,7 @@ impl Cpu {
                 let src_mem = ins.op1_kind() == OpKind::Memory;
                 match int::compute(m, a, b, imm, x0)
                     .or_else(|| float::compute(m, a, b, imm, x0, src_mem, rcm))
+                    .or_else(|| crypto::compute(m, a, b, imm))
                 {
                     Some(r) => r,
                     None => return Err(self.unimplemented(ins)),
