@@ -3,14 +3,15 @@
 //! with the other bit scans in `bits.rs`.)
 //!
 //! BMI1/BMI2 are VEX-encoded: iced decodes the VEX.vvvv register as an ordinary operand,
-//! so operand `i` is read the same way as for legacy instructions. Where a flag is
+//! so operand `i` is read the same way as for legacy instructions (and VEX is #UD in real
+//! and virtual-8086 mode, where iced would decode it too). Where a flag is
 //! architecturally undefined (AF and PF everywhere, SF for BEXTR), it is cleared.
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind};
 
-use crate::cpu::Cpu;
-use crate::exceptions::R;
-use crate::flags::{mask, sign, CF, SF, ZF};
+use crate::cpu::{Cpu, CR0_PE};
+use crate::exceptions::{ud, R};
+use crate::flags::{mask, sign, CF, SF, VM, ZF};
 use crate::platform::Platform;
 
 /// Byte order reversal of the low `size` bytes of `v`.
@@ -83,6 +84,10 @@ impl Cpu {
     }
 
     pub(super) fn bmi(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        // VEX prefixes are #UD in real and virtual-8086 mode.
+        if self.cr0 & CR0_PE == 0 || self.flags.bits & VM != 0 {
+            return Err(ud());
+        }
         let m = ins.mnemonic();
         let d = ins.op0_register();
         let size = d.size();
