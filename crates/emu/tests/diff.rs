@@ -476,10 +476,47 @@ fn undefined_flags(ins: &Instruction, st: &St) -> (u64, bool) {
     }
 }
 
+/// A special double (sign random): a quiet or signalling NaN with random payload, an
+/// infinity, zero, the largest finite, a subnormal, or a value near the overflow and
+/// underflow thresholds.
+fn special_f64(rng: &mut StdRng) -> f64 {
+    let sign = (rng.gen::<u64>() & 1) << 63;
+    let m = rng.gen::<u64>() & ((1 << 52) - 1);
+    let bits = match rng.gen_range(0..7) {
+        0 => 0x7ff8_0000_0000_0000 | m,
+        1 => 0x7ff0_0000_0000_0000 | (m >> 1).max(1),
+        2 => 0x7ff0_0000_0000_0000,
+        3 => 0,
+        4 => 0x7fef_ffff_ffff_ffff - (m & 0xff),
+        5 => m >> rng.gen_range(0..52),
+        _ => ((rng.gen_range(1..4u64) << 52) | m) + ((rng.gen_range(0..2) * 0x7e00) << 48),
+    };
+    f64::from_bits(bits | sign)
+}
+
+/// `special_f64` for singles.
+fn special_f32(rng: &mut StdRng) -> f32 {
+    let sign = (rng.gen::<u32>() & 1) << 31;
+    let m = rng.gen::<u32>() & ((1 << 23) - 1);
+    let bits = match rng.gen_range(0..7) {
+        0 => 0x7fc0_0000 | m,
+        1 => 0x7f80_0000 | (m >> 1).max(1),
+        2 => 0x7f80_0000,
+        3 => 0,
+        4 => 0x7f7f_ffff - (m & 0xff),
+        5 => m >> rng.gen_range(0..23),
+        _ => ((rng.gen_range(1..4u32) << 23) | m) + ((rng.gen_range(0..2) * 0x7c00) << 16),
+    };
+    f32::from_bits(bits | sign)
+}
+
 fn xmm_value(rng: &mut StdRng) -> u128 {
     let half = |rng: &mut StdRng| -> u64 {
-        match rng.gen_range(0..6) {
+        match rng.gen_range(0..8) {
             0 => (rng.gen_range(-1000i64..1000) as f64 / 8.0).to_bits(),
+            // Special doubles: NaNs (quiet and signalling), infinities, extremes, subnormals.
+            6 => special_f64(rng).to_bits(),
+            7 => special_f32(rng).to_bits() as u64 | (special_f32(rng).to_bits() as u64) << 32,
             1 => {
                 let a = (rng.gen_range(-100i32..100) as f32).to_bits() as u64;
                 let b = (rng.gen_range(-1000i32..1000) as f32 / 4.0).to_bits() as u64;

@@ -139,6 +139,12 @@ pub(super) fn compute(
                 }
             }))
         }
+        // The dot products compute the same sum per destination lane, but with the
+        // operands of each addition in a lane-dependent order, which decides which NaN
+        // comes out when several products are NaN (measured on hardware): for DPPS, even
+        // lanes add the pairs as (t1 + t0), (t3 + t2), odd lanes as (t0 + t1),
+        // (t2 + t3); lanes 0-1 then add low + high pair, lanes 2-3 high + low. DPPD adds
+        // t0 + t1 in lane 0, t1 + t0 in lane 1.
         Dpps => {
             let (x, y) = (f32s(a), f32s(b));
             let t: [f32; 4] = std::array::from_fn(|i| {
@@ -148,10 +154,22 @@ pub(super) fn compute(
                     0.0
                 }
             });
-            // The hardware's association: (t0 + t1) + (t2 + t3), each step rounded.
             let add = |p: f32, q: f32| arith32(Arith::Add, p, q, rc);
-            let sum = add(add(t[0], t[1]), add(t[2], t[3]));
-            from_f32(std::array::from_fn(|i| if sel(i) { sum } else { 0.0 }))
+            from_f32(std::array::from_fn(|i| {
+                if !sel(i) {
+                    return 0.0;
+                }
+                let (lo, hi) = if i % 2 == 0 {
+                    (add(t[1], t[0]), add(t[3], t[2]))
+                } else {
+                    (add(t[0], t[1]), add(t[2], t[3]))
+                };
+                if i < 2 {
+                    add(lo, hi)
+                } else {
+                    add(hi, lo)
+                }
+            }))
         }
         Dppd => {
             let (x, y) = (f64s(a), f64s(b));
@@ -162,8 +180,11 @@ pub(super) fn compute(
                     0.0
                 }
             });
-            let sum = arith64(Arith::Add, t[0], t[1], rc);
-            from_f64(std::array::from_fn(|i| if sel(i) { sum } else { 0.0 }))
+            let add = |p: f64, q: f64| arith64(Arith::Add, p, q, rc);
+            from_f64([
+                if sel(0) { add(t[0], t[1]) } else { 0.0 },
+                if sel(1) { add(t[1], t[0]) } else { 0.0 },
+            ])
         }
         Insertps => {
             let v = if src_mem {
