@@ -1,9 +1,11 @@
-//! CPUID: what the software engine implements — an x86-64 baseline CPU (FPU, TSC, MSR,
-//! PAE, PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX bit, FXSR, SSE, SSE2; CX16,
-//! POPCNT; SYSCALL, NX, 1G pages, RDTSCP, LM, LAHF; invariant TSC; hypervisor bit; the
-//! x2APIC and TSC-deadline MSRs, which the local APIC behind `Platform` backs or
-//! refuses) and no XSAVE/AVX/BMI/SMEP. Leaf 0x4000_0000 carries the "wirtwirtwirt"
-//! signature.
+//! CPUID: what the software engine implements — an x86-64-v2 CPU plus the
+//! general-purpose part of x86-64-v3: FPU, TSC, MSR, PAE, PSE, CX8, APIC, MTRR, PGE, CMOV,
+//! PAT, CLFLUSH, MMX bit, FXSR, SSE, SSE2; SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2,
+//! MOVBE, POPCNT, AES (leaf 1); BMI1, BMI2 (leaf 7); SYSCALL, NX, 1G pages, RDTSCP, LM,
+//! LAHF, ABM/LZCNT (leaf 0x8000_0001); invariant TSC; hypervisor bit; the x2APIC and
+//! TSC-deadline MSRs, which the local APIC behind `Platform` backs or refuses. Not
+//! offered: MONITOR/MWAIT, XSAVE/OSXSAVE, AVX, AVX2, FMA, F16C, SMEP/SMAP (so not
+//! x86-64-v3 as a whole). Leaf 0x4000_0000 carries the "wirtwirtwirt" signature.
 //!
 //! [`supported`] is the engine's offer; the VMM passes it through the platform policy
 //! (`arch::cpuid`: APIC IDs, topology, the irqchip's capabilities, the user's feature
@@ -72,7 +74,7 @@ fn regs(s: &[u8; 12]) -> (u32, u32, u32) {
 }
 
 /// What the engine reports for leaf `leaf`, subleaf `sub`, before the platform policy.
-fn base(leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
+fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     match leaf {
         0 => {
             let (b, d, c) = regs(b"AuthenticAMD");
@@ -84,8 +86,18 @@ fn base(leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
             // CLFLUSH line size 8 × 8 bytes; one logical CPU, APIC ID 0 (the platform
             // policy writes each vCPU's own).
             let ebx = (1 << 16) | (8 << 8);
-            // CX16, x2APIC, POPCNT, TSC-deadline, hypervisor.
-            let ecx = (1 << 13) | (1 << 21) | (1 << 23) | (1 << 24) | (1 << 31);
+            let ecx = (1 << 0) // SSE3
+                | (1 << 1) // PCLMULQDQ
+                | (1 << 9) // SSSE3
+                | (1 << 13) // CX16
+                | (1 << 19) // SSE4.1
+                | (1 << 20) // SSE4.2
+                | (1 << 21) // x2APIC
+                | (1 << 22) // MOVBE
+                | (1 << 23) // POPCNT
+                | (1 << 24) // TSC-deadline
+                | (1 << 25) // AES
+                | (1 << 31); // hypervisor
             let edx = (1 << 0) // FPU
                 | (1 << 3) // PSE
                 | (1 << 4) // TSC
@@ -104,6 +116,11 @@ fn base(leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
                 | (1 << 26); // SSE2
             (eax, ebx, ecx, edx)
         }
+        7 if sub == 0 => {
+            // Max subleaf 0; EBX: BMI1, BMI2.
+            let ebx = (1 << 3) | (1 << 8);
+            (0, ebx, 0, 0)
+        }
         0x4000_0000 => {
             let (b, c, d) = regs(b"wirtwirtwirt");
             (0x4000_0000, b, c, d)
@@ -113,8 +130,9 @@ fn base(leaf: u32, _sub: u32) -> (u32, u32, u32, u32) {
             (0x8000_0008, b, c, d)
         }
         0x8000_0001 => {
-            let ecx = 1; // LAHF/SAHF in 64-bit mode
-                         // AMD mirrors the leaf-1 basics here; plus SYSCALL, NX, 1G pages, RDTSCP, LM.
+            // ECX: LAHF/SAHF in 64-bit mode (bit 0), ABM: LZCNT (bit 5).
+            let ecx = 1 | (1 << 5);
+            // AMD mirrors the leaf-1 basics here; plus SYSCALL, NX, 1G pages, RDTSCP, LM.
             let (_, _, _, base) = base(1, 0);
             let edx =
                 (base & 0x0183_f3ff) | (1 << 11) | (1 << 20) | (1 << 26) | (1 << 27) | (1 << 29);
@@ -145,8 +163,12 @@ mod tests {
         let (_, ebx, ecx, edx) = lookup(&t, 1, 0);
         assert_eq!(ebx >> 24, 0, "the policy, not the engine, sets the APIC ID");
         assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
+        assert_eq!(ecx & (1 << 3), 0, "no MONITOR/MWAIT");
+        assert_eq!(ecx & (1 << 12), 0, "no FMA");
         assert_eq!(ecx & (1 << 26), 0, "no XSAVE");
+        assert_eq!(ecx & (1 << 27), 0, "no OSXSAVE");
         assert_eq!(ecx & (1 << 28), 0, "no AVX");
+        assert_eq!(ecx & (1 << 29), 0, "no F16C");
         for bit in [0, 4, 5, 6, 8, 9, 13, 15, 24, 25, 26] {
             assert_ne!(edx & (1 << bit), 0, "leaf 1 EDX bit {bit}");
         }
@@ -160,7 +182,6 @@ mod tests {
             sig.extend_from_slice(&r.to_le_bytes());
         }
         assert_eq!(&sig, b"wirtwirtwirt");
-        assert_eq!(lookup(&t, 7, 0), (0, 0, 0, 0), "no leaf-7 features");
     }
 
     #[test]
@@ -173,5 +194,29 @@ mod tests {
         }
         assert_eq!(lookup(&t, max_ext + 1, 0), (0, 0, 0, 0));
         assert_eq!(lookup(&t, 7, 1), (0, 0, 0, 0), "leaf 7 is indexed");
+    }
+
+    #[test]
+    fn advertises_x86_64_v2_and_the_integer_part_of_v3() {
+        let t = supported();
+        let (max, ..) = lookup(&t, 0, 0);
+        assert!(max >= 7, "leaf 7 reachable");
+        let (_, _, ecx, _) = lookup(&t, 1, 0);
+        // SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2, MOVBE, POPCNT, AES.
+        for bit in [0, 1, 9, 13, 19, 20, 22, 23, 25] {
+            assert_ne!(ecx & (1 << bit), 0, "leaf 1 ECX bit {bit}");
+        }
+        let (_, _, ecx, _) = lookup(&t, 0x8000_0001, 0);
+        assert_ne!(ecx & 1, 0, "LAHF/SAHF");
+        assert_ne!(ecx & (1 << 5), 0, "ABM/LZCNT");
+        let (max_sub, ebx, ecx, edx) = lookup(&t, 7, 0);
+        assert_eq!(max_sub, 0);
+        assert_eq!(
+            ebx,
+            (1 << 3) | (1 << 8),
+            "BMI1 and BMI2 only (no AVX2, SMEP, ...)"
+        );
+        assert_eq!((ecx, edx), (0, 0));
+        assert_eq!(base(7, 1), (0, 0, 0, 0), "no leaf-7 subleaf 1");
     }
 }

@@ -32,9 +32,14 @@ const OF: u64 = 0x800;
 struct St {
     gpr: [u64; 16],
     flags: u64,
-    pad: u64,
+    /// MXCSR (loaded before and stored after the instruction; the host's own MXCSR is
+    /// saved and restored around the run).
+    mxcsr: u64,
     xmm: [u128; 16],
 }
+
+/// The power-on MXCSR: all exceptions masked, round to nearest.
+const MXCSR_DEFAULT: u64 = 0x1f80;
 
 const XMM_OFF: i32 = 144;
 
@@ -61,6 +66,8 @@ impl Native {
         assert_ne!(mem, libc::MAP_FAILED);
         let base = mem as u64;
         let pro = asm64(base, |a| {
+            a.sub(rsp, 8).unwrap();
+            a.stmxcsr(dword_ptr(rsp)).unwrap();
             for r in [rbx, rbp, r12, r13, r14, r15, rdi] {
                 a.push(r).unwrap();
             }
@@ -80,6 +87,7 @@ impl Native {
                 a.movdqu(*x, xmmword_ptr(rdi + XMM_OFF + 16 * i as i32))
                     .unwrap();
             }
+            a.ldmxcsr(dword_ptr(rdi + 136)).unwrap();
             a.mov(rdi, qword_ptr(rdi + 56)).unwrap();
         });
         let slot = pro.len();
@@ -102,11 +110,14 @@ impl Native {
                 a.movdqu(xmmword_ptr(rdi + XMM_OFF + 16 * i as i32), *x)
                     .unwrap();
             }
+            a.stmxcsr(dword_ptr(rdi + 136)).unwrap();
             a.pop(rax).unwrap();
             a.mov(qword_ptr(rdi + 56), rax).unwrap();
             for r in [rdi, r15, r14, r13, r12, rbp, rbx] {
                 a.pop(r).unwrap();
             }
+            a.ldmxcsr(dword_ptr(rsp)).unwrap();
+            a.add(rsp, 8).unwrap();
             // The ABI requires DF=0 on return (the test may have set it).
             a.cld().unwrap();
             a.ret().unwrap();
@@ -204,6 +215,8 @@ fn gen_ops(rng: &mut StdRng, code: Code) -> Option<Vec<Op>> {
             K::r16_reg | K::r16_opcode | K::r16_rm => Op::R(pick_reg(rng, 2)),
             K::r32_reg | K::r32_opcode | K::r32_rm => Op::R(pick_reg(rng, 4)),
             K::r64_reg | K::r64_opcode | K::r64_rm => Op::R(pick_reg(rng, 8)),
+            K::r32_vvvv => Op::R(pick_reg(rng, 4)),
+            K::r64_vvvv => Op::R(pick_reg(rng, 8)),
             K::al => Op::R(Register::AL),
             K::cl => Op::R(Register::CL),
             K::ax => Op::R(Register::AX),
@@ -258,6 +271,8 @@ fn build(code: Code, ops: &[Op], disp: i64) -> Option<Instruction> {
         }
         [Op::R(a), Op::R(b), Op::R(c)] => Instruction::with3(code, *a, *b, *c),
         [Op::Mem, Op::R(b), Op::R(c)] => Instruction::with3(code, mem, *b, *c),
+        [Op::R(a), Op::R(b), Op::Mem] => Instruction::with3(code, *a, *b, mem),
+        [Op::R(a), Op::Mem, Op::R(c)] => Instruction::with3(code, *a, mem, *c),
         [Op::R(a), Op::R(b), Op::Imm(i)] => {
             if *i < 0 {
                 Instruction::with3(code, *a, *b, *i as i32)
@@ -335,6 +350,23 @@ const CLASSES: &[M] = &[
     M::Bsf,
     M::Bsr,
     M::Popcnt,
+    M::Crc32,
+    M::Lzcnt,
+    M::Tzcnt,
+    M::Movbe,
+    M::Andn,
+    M::Bextr,
+    M::Blsi,
+    M::Blsmsk,
+    M::Blsr,
+    M::Bzhi,
+    M::Mulx,
+    M::Pdep,
+    M::Pext,
+    M::Rorx,
+    M::Sarx,
+    M::Shlx,
+    M::Shrx,
     M::Bswap,
     M::Xchg,
     M::Xadd,
@@ -437,14 +469,54 @@ fn undefined_flags(ins: &Instruction, st: &St) -> (u64, bool) {
         M::Div | M::Idiv => (ARITH, false),
         M::Bt | M::Bts | M::Btr | M::Btc => (OF | SF | AF | PF, false),
         M::Bsf | M::Bsr => (CF | OF | SF | AF | PF, false),
+        M::Lzcnt | M::Tzcnt => (OF | SF | AF | PF, false),
+        M::Andn | M::Blsi | M::Blsmsk | M::Blsr | M::Bzhi => (AF | PF, false),
+        M::Bextr => (AF | SF | PF, false),
         _ => (0, false),
     }
 }
 
+/// A special double (sign random): a quiet or signalling NaN with random payload, an
+/// infinity, zero, the largest finite, a subnormal, or a value near the overflow and
+/// underflow thresholds.
+fn special_f64(rng: &mut StdRng) -> f64 {
+    let sign = (rng.gen::<u64>() & 1) << 63;
+    let m = rng.gen::<u64>() & ((1 << 52) - 1);
+    let bits = match rng.gen_range(0..7) {
+        0 => 0x7ff8_0000_0000_0000 | m,
+        1 => 0x7ff0_0000_0000_0000 | (m >> 1).max(1),
+        2 => 0x7ff0_0000_0000_0000,
+        3 => 0,
+        4 => 0x7fef_ffff_ffff_ffff - (m & 0xff),
+        5 => m >> rng.gen_range(0..52),
+        _ => ((rng.gen_range(1..4u64) << 52) | m) + ((rng.gen_range(0..2) * 0x7e00) << 48),
+    };
+    f64::from_bits(bits | sign)
+}
+
+/// `special_f64` for singles.
+fn special_f32(rng: &mut StdRng) -> f32 {
+    let sign = (rng.gen::<u32>() & 1) << 31;
+    let m = rng.gen::<u32>() & ((1 << 23) - 1);
+    let bits = match rng.gen_range(0..7) {
+        0 => 0x7fc0_0000 | m,
+        1 => 0x7f80_0000 | (m >> 1).max(1),
+        2 => 0x7f80_0000,
+        3 => 0,
+        4 => 0x7f7f_ffff - (m & 0xff),
+        5 => m >> rng.gen_range(0..23),
+        _ => ((rng.gen_range(1..4u32) << 23) | m) + ((rng.gen_range(0..2) * 0x7c00) << 16),
+    };
+    f32::from_bits(bits | sign)
+}
+
 fn xmm_value(rng: &mut StdRng) -> u128 {
     let half = |rng: &mut StdRng| -> u64 {
-        match rng.gen_range(0..6) {
+        match rng.gen_range(0..8) {
             0 => (rng.gen_range(-1000i64..1000) as f64 / 8.0).to_bits(),
+            // Special doubles: NaNs (quiet and signalling), infinities, extremes, subnormals.
+            6 => special_f64(rng).to_bits(),
+            7 => special_f32(rng).to_bits() as u64 | (special_f32(rng).to_bits() as u64) << 32,
             1 => {
                 let a = (rng.gen_range(-100i32..100) as f32).to_bits() as u64;
                 let b = (rng.gen_range(-1000i32..1000) as f32 / 4.0).to_bits() as u64;
@@ -460,13 +532,13 @@ fn xmm_value(rng: &mut StdRng) -> u128 {
 
 #[test]
 fn integer_instructions_match_host() {
-    run_diff(CLASSES, 300);
+    run_diff(CLASSES, 517);
 }
 
 #[test]
 fn sse_instructions_match_host() {
     let classes: Vec<M> = M::values().filter(|m| sse_class(*m)).collect();
-    run_diff(&classes, 150);
+    run_diff(&classes, 280);
 }
 
 fn sse_class(m: M) -> bool {
@@ -624,9 +696,202 @@ fn sse_class(m: M) -> bool {
             | Cvtpd2dq
             | Pextrw
             | Pinsrw
+            // SSE3
+            | Addsubps
+            | Addsubpd
+            | Haddps
+            | Haddpd
+            | Hsubps
+            | Hsubpd
+            | Movshdup
+            | Movsldup
+            | Movddup
+            | Lddqu
+            // SSSE3 (the MMX-register forms are not generated: no `mm` operands)
+            | Pabsb
+            | Pabsw
+            | Pabsd
+            | Palignr
+            | Phaddw
+            | Phaddd
+            | Phaddsw
+            | Phsubw
+            | Phsubd
+            | Phsubsw
+            | Pmaddubsw
+            | Pmulhrsw
+            | Pshufb
+            | Psignb
+            | Psignw
+            | Psignd
+            // SSE4.1
+            | Blendpd
+            | Blendps
+            | Blendvpd
+            | Blendvps
+            | Pblendvb
+            | Pblendw
+            | Dppd
+            | Dpps
+            | Extractps
+            | Insertps
+            | Movntdqa
+            | Mpsadbw
+            | Packusdw
+            | Pcmpeqq
+            | Pextrb
+            | Pextrd
+            | Pextrq
+            | Pinsrb
+            | Pinsrd
+            | Pinsrq
+            | Phminposuw
+            | Pmaxsb
+            | Pmaxsd
+            | Pmaxuw
+            | Pmaxud
+            | Pminsb
+            | Pminsd
+            | Pminuw
+            | Pminud
+            | Pmovsxbw
+            | Pmovsxbd
+            | Pmovsxbq
+            | Pmovsxwd
+            | Pmovsxwq
+            | Pmovsxdq
+            | Pmovzxbw
+            | Pmovzxbd
+            | Pmovzxbq
+            | Pmovzxwd
+            | Pmovzxwq
+            | Pmovzxdq
+            | Pmuldq
+            | Pmulld
+            | Ptest
+            | Roundps
+            | Roundpd
+            | Roundss
+            | Roundsd
+            // SSE4.2
+            | Pcmpgtq
+            | Pcmpestri
+            | Pcmpestri64
+            | Pcmpestrm
+            | Pcmpestrm64
+            | Pcmpistri
+            | Pcmpistrm
+            // PCLMULQDQ, AES-NI
+            | Pclmulqdq
+            | Aesenc
+            | Aesenclast
+            | Aesdec
+            | Aesdeclast
+            | Aesimc
+            | Aeskeygenassist
     )
 }
 
+/// PCMPxSTRx: the instructions whose inputs are drawn from a small alphabet with NULs
+/// and short lengths, so matches, ranges and string ends actually occur.
+fn string_compare(m: M) -> bool {
+    matches!(
+        m,
+        M::Pcmpestri | M::Pcmpestri64 | M::Pcmpestrm | M::Pcmpestrm64 | M::Pcmpistri | M::Pcmpistrm
+    )
+}
+
+/// Instructions run with a random MXCSR rounding mode, whose MXCSR (exception flags)
+/// after the run is compared with the host's too.
+fn mxcsr_exact(m: M) -> bool {
+    matches!(m, M::Roundps | M::Roundpd | M::Roundss | M::Roundsd)
+}
+
+/// Instructions run with a random MXCSR rounding mode (their result depends on it) but
+/// whose MXCSR exception flags the engine does not track.
+fn mxcsr_rounding(m: M) -> bool {
+    use M::*;
+    mxcsr_exact(m)
+        || matches!(
+            m,
+            Cvtsd2si
+                | Cvtss2si
+                | Cvtps2dq
+                | Cvtpd2dq
+                | Cvtsi2sd
+                | Cvtsi2ss
+                | Cvtsd2ss
+                | Cvtpd2ps
+                | Cvtdq2ps
+                | Addsd
+                | Subsd
+                | Mulsd
+                | Divsd
+                | Sqrtsd
+                | Addss
+                | Subss
+                | Mulss
+                | Divss
+                | Sqrtss
+                | Addpd
+                | Subpd
+                | Mulpd
+                | Divpd
+                | Sqrtpd
+                | Addps
+                | Subps
+                | Mulps
+                | Divps
+                | Sqrtps
+                | Addsubps
+                | Addsubpd
+                | Haddps
+                | Haddpd
+                | Hsubps
+                | Hsubpd
+                | Dpps
+                | Dppd
+        )
+}
+
+/// 16 bytes for the string compares: letters from a small alphabet (words of either
+/// sign), some NULs.
+fn string_value(rng: &mut StdRng) -> u128 {
+    const ALPHABET: &[u8] = b"abcAB09\x80\xff";
+    let mut b = [0u8; 16];
+    let nul_odds = rng.gen_range(0.0..0.3);
+    for x in b.iter_mut() {
+        *x = if rng.gen_bool(nul_odds) {
+            0
+        } else {
+            ALPHABET[rng.gen_range(0..ALPHABET.len())]
+        };
+    }
+    u128::from_le_bytes(b)
+}
+
+/// The VEX-encoded general-purpose instructions (BMI1/BMI2), compared in their VEX forms.
+fn bmi_class(m: M) -> bool {
+    matches!(
+        m,
+        M::Andn
+            | M::Bextr
+            | M::Blsi
+            | M::Blsmsk
+            | M::Blsr
+            | M::Bzhi
+            | M::Mulx
+            | M::Pdep
+            | M::Pext
+            | M::Rorx
+            | M::Sarx
+            | M::Shlx
+            | M::Shrx
+    )
+}
+
+/// Runs every form of `classes`; `min_forms` is the number of forms the classes have, so
+/// a form that silently stops being generated fails the test.
 fn run_diff(classes: &[M], min_forms: usize) {
     let seed: u64 = std::env::var("EMU_DIFF_SEED")
         .ok()
@@ -650,10 +915,13 @@ fn run_diff(classes: &[M], min_forms: usize) {
     let mut forms = 0usize;
     for code in Code::values() {
         let oc = code.op_code();
-        if oc.encoding() != iced_x86::EncodingKind::Legacy
-            || !oc.mode64()
-            || !classes.contains(&oc.mnemonic())
-        {
+        // Legacy encodings, plus VEX for the general-purpose (BMI) instructions.
+        let encoding_ok = match oc.encoding() {
+            iced_x86::EncodingKind::Legacy => true,
+            iced_x86::EncodingKind::VEX => bmi_class(oc.mnemonic()),
+            _ => false,
+        };
+        if !encoding_ok || !oc.mode64() || !classes.contains(&oc.mnemonic()) {
             continue;
         }
         if matches!(code, Code::Nopw | Code::Nopd | Code::Nopq)
@@ -685,7 +953,7 @@ fn run_diff(classes: &[M], min_forms: usize) {
             let mut st = St {
                 gpr: [0; 16],
                 flags: (rng.gen::<u64>() & ARITH) | 2,
-                pad: 0,
+                mxcsr: MXCSR_DEFAULT,
                 xmm: [0; 16],
             };
             for x in st.xmm.iter_mut() {
@@ -695,6 +963,20 @@ fn run_diff(classes: &[M], min_forms: usize) {
                 *g = interesting(&mut rng);
             }
             let m = ins.mnemonic();
+            if mxcsr_rounding(m) {
+                st.mxcsr = MXCSR_DEFAULT | rng.gen_range(0..4) << 13;
+            }
+            if string_compare(m) {
+                for x in st.xmm.iter_mut() {
+                    *x = string_value(&mut rng);
+                }
+                // Lengths: mostly in or near the element count, of either sign.
+                for r in [0, 2] {
+                    if rng.gen_bool(0.8) {
+                        st.gpr[r] = rng.gen_range(-20i64..=20) as u64;
+                    }
+                }
+            }
             if matches!(m, M::Bt | M::Bts | M::Btr | M::Btc)
                 && ins.op0_kind() == iced_x86::OpKind::Memory
                 && ins.op1_kind() == iced_x86::OpKind::Register
@@ -705,6 +987,11 @@ fn run_diff(classes: &[M], min_forms: usize) {
                 st.gpr[r as usize - Register::RAX as usize] = v;
             }
             rng.fill(&mut host_buf[..]);
+            if string_compare(m) {
+                for c in host_buf.chunks_mut(16) {
+                    c.copy_from_slice(&string_value(&mut rng).to_le_bytes());
+                }
+            }
             // Engine.
             mem.write_slice(host_buf, GuestAddress(DATA)).unwrap();
             let mut regs = long_mode_regs(CODE);
@@ -713,6 +1000,7 @@ fn run_diff(classes: &[M], min_forms: usize) {
             regs.gpr[4] = KSTACK_TOP;
             regs.rflags = st.flags;
             regs.fpu.xmm = st.xmm;
+            regs.fpu.mxcsr = st.mxcsr as u32;
             let mut prog = bytes.clone();
             prog.push(0xf4);
             cpu.ram().write_phys(CODE, &prog);
@@ -749,6 +1037,9 @@ fn run_diff(classes: &[M], min_forms: usize) {
             if !skip_result && !src_zero {
                 bad |= emu_gpr != host_gpr || emu_buf != host_buf || er.fpu.xmm != hs.xmm;
             }
+            if mxcsr_exact(m) {
+                bad |= er.fpu.mxcsr as u64 != hs.mxcsr;
+            }
             if bad {
                 let diff: Vec<String> = (0..16)
                     .filter(|&i| emu_gpr[i] != host_gpr[i])
@@ -770,8 +1061,8 @@ fn run_diff(classes: &[M], min_forms: usize) {
                     .collect();
                 eprintln!("{xdiff:?}");
                 panic!(
-                    "mismatch (seed {seed}) for `{ins}` ({code:?}) bytes {bytes:02x?}\n flags in {:#x} emu {:#x} host {:#x} (compared {fm:#x})\n regs: {diff:?}\n mem equal: {}",
-                    st.flags, er.rflags, hs.flags, emu_buf == host_buf
+                    "mismatch (seed {seed}) for `{ins}` ({code:?}) bytes {bytes:02x?}\n flags in {:#x} emu {:#x} host {:#x} (compared {fm:#x})\n regs: {diff:?}\n mem equal: {}\n mxcsr in {:#x} emu {:#x} host {:#x}",
+                    st.flags, er.rflags, hs.flags, emu_buf == host_buf, st.mxcsr, er.fpu.mxcsr, hs.mxcsr
                 );
             }
             ran += 1;
@@ -783,8 +1074,8 @@ fn run_diff(classes: &[M], min_forms: usize) {
     }
     eprintln!("differential: {forms} instruction forms, {tested} cases (seed {seed})");
     assert!(
-        forms > min_forms,
-        "too few instruction forms tested: {forms}"
+        forms >= min_forms,
+        "too few instruction forms tested: {forms} (expected {min_forms})"
     );
 }
 
@@ -853,7 +1144,7 @@ fn string_instructions_match_host() {
             let mut st = St {
                 gpr: [0; 16],
                 flags: (rng.gen::<u64>() & ARITH) | 2 | if df { 0x400 } else { 0 },
-                pad: 0,
+                mxcsr: MXCSR_DEFAULT,
                 xmm: [0; 16],
             };
             for g in st.gpr.iter_mut() {

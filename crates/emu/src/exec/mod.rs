@@ -3,6 +3,7 @@
 
 mod alu;
 mod bits;
+mod bmi;
 mod control;
 pub(crate) mod fast;
 mod io;
@@ -242,6 +243,21 @@ impl Cpu {
             M::Mul | M::Imul | M::Div | M::Idiv => self.muldiv(io, ins),
             M::Bt | M::Bts | M::Btr | M::Btc => self.bit_test(io, ins),
             M::Bsf | M::Bsr | M::Tzcnt | M::Lzcnt | M::Popcnt => self.bit_scan(io, ins),
+            M::Crc32 => self.crc32(io, ins),
+            M::Movbe => self.movbe(io, ins),
+            M::Andn
+            | M::Bextr
+            | M::Blsi
+            | M::Blsmsk
+            | M::Blsr
+            | M::Bzhi
+            | M::Mulx
+            | M::Pdep
+            | M::Pext
+            | M::Rorx
+            | M::Sarx
+            | M::Shlx
+            | M::Shrx => self.bmi(io, ins),
             M::Cbw | M::Cwde | M::Cdqe | M::Cwd | M::Cdq | M::Cqo => {
                 self.convert(ins);
                 Ok(())

@@ -1,11 +1,20 @@
-//! SSE and SSE2 on the XMM registers: moves, integer lane arithmetic, logic, shifts,
-//! shuffles/unpacks/packs, scalar and packed single/double floating point, comparisons,
-//! conversions, and MXCSR access.
+//! SSE through SSE4.2, PCLMULQDQ and AES-NI on the XMM registers. This module: moves, SSE/SSE2 integer lane
+//! arithmetic, logic, shifts, shuffles/unpacks/packs, scalar and packed single/double
+//! floating point, comparisons, conversions, MXCSR access, and the operand plumbing
+//! (XMM/memory sources and destinations, GPR extracts and inserts) for the submodules:
+//! `int` (SSSE3 and SSE4.1/4.2 integer lanes), `float` (SSE3 and SSE4.1 floating point),
+//! `string` (SSE4.2 PCMPxSTRx), `crypto` (PCLMULQDQ, AES-NI), `rounding` (MXCSR.RC for
+//! the arithmetic) and `lanes` (lane views).
 //!
-//! Floating point uses the host's IEEE arithmetic (round-to-nearest); MXCSR rounding
-//! control is honoured for the rounding conversions (cvtsd2si & co.), MXCSR exception
-//! flags are not updated and SIMD floating-point exceptions are never raised. MMX-register
-//! forms are not implemented (#UD, logged once).
+//! Floating point: every rounding operation honours MXCSR.RC — arithmetic, square roots,
+//! narrowing and integer-to-float conversions through `rounding` (which also applies the
+//! x86 NaN rule: the first NaN source wins, quieted), float-to-integer conversions
+//! (cvtsd2si & co.) and ROUND*. MXCSR.FTZ and DAZ are not applied (DAZ cannot be set).
+//! MXCSR exception flags: only ROUND* sets them (invalid for a signalling NaN, precision
+//! when inexact unless imm bit 3 suppresses it); every other instruction leaves them
+//! unchanged, and SIMD floating-point exceptions (#XM) are never raised, whatever the
+//! MXCSR masks say. MMX-register forms (SSE2 and SSSE3 alike) are not implemented (#UD,
+//! logged once).
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
@@ -14,224 +23,213 @@ use crate::exceptions::{gp0, ud, Fault, NM, R};
 use crate::flags::{mask, CF, PF, ZF};
 use crate::platform::Platform;
 
+mod crypto;
+mod float;
+mod int;
+mod lanes;
+mod rounding;
+mod string;
+
+use lanes::*;
+use rounding::{arith32, arith64, Arith, Rc};
+
 pub fn handles(m: M) -> bool {
     use M::*;
-    matches!(
-        m,
-        Movdqa
-            | Movdqu
-            | Movaps
-            | Movups
-            | Movapd
-            | Movupd
-            | Lddqu
-            | Movntdq
-            | Movntps
-            | Movntpd
-            | Movnti
-            | Movq
-            | Movd
-            | Movss
-            | Movhpd
-            | Movhps
-            | Movlpd
-            | Movlps
-            | Movhlps
-            | Movlhps
-            | Movmskpd
-            | Movmskps
-            | Pmovmskb
-            | Pxor
-            | Xorps
-            | Xorpd
-            | Por
-            | Orps
-            | Orpd
-            | Pand
-            | Andps
-            | Andpd
-            | Pandn
-            | Andnps
-            | Andnpd
-            | Paddb
-            | Paddw
-            | Paddd
-            | Paddq
-            | Psubb
-            | Psubw
-            | Psubd
-            | Psubq
-            | Paddusb
-            | Paddusw
-            | Psubusb
-            | Psubusw
-            | Paddsb
-            | Paddsw
-            | Psubsb
-            | Psubsw
-            | Pcmpeqb
-            | Pcmpeqw
-            | Pcmpeqd
-            | Pcmpgtb
-            | Pcmpgtw
-            | Pcmpgtd
-            | Pminub
-            | Pmaxub
-            | Pminsw
-            | Pmaxsw
-            | Pavgb
-            | Pavgw
-            | Pmullw
-            | Pmulhw
-            | Pmulhuw
-            | Pmuludq
-            | Pmaddwd
-            | Psadbw
-            | Psllw
-            | Pslld
-            | Psllq
-            | Psrlw
-            | Psrld
-            | Psrlq
-            | Psraw
-            | Psrad
-            | Pslldq
-            | Psrldq
-            | Punpcklbw
-            | Punpcklwd
-            | Punpckldq
-            | Punpcklqdq
-            | Punpckhbw
-            | Punpckhwd
-            | Punpckhdq
-            | Punpckhqdq
-            | Packsswb
-            | Packssdw
-            | Packuswb
-            | Pshufd
-            | Pshuflw
-            | Pshufhw
-            | Shufps
-            | Shufpd
-            | Unpcklps
-            | Unpckhps
-            | Unpcklpd
-            | Unpckhpd
-            | Addsd
-            | Subsd
-            | Mulsd
-            | Divsd
-            | Minsd
-            | Maxsd
-            | Sqrtsd
-            | Addss
-            | Subss
-            | Mulss
-            | Divss
-            | Minss
-            | Maxss
-            | Sqrtss
-            | Addpd
-            | Subpd
-            | Mulpd
-            | Divpd
-            | Minpd
-            | Maxpd
-            | Sqrtpd
-            | Addps
-            | Subps
-            | Mulps
-            | Divps
-            | Minps
-            | Maxps
-            | Sqrtps
-            | Comisd
-            | Ucomisd
-            | Comiss
-            | Ucomiss
-            | Cmpss
-            | Cmppd
-            | Cmpps
-            | Cvtsi2sd
-            | Cvtsi2ss
-            | Cvttsd2si
-            | Cvtsd2si
-            | Cvttss2si
-            | Cvtss2si
-            | Cvtsd2ss
-            | Cvtss2sd
-            | Cvtdq2pd
-            | Cvtdq2ps
-            | Cvttps2dq
-            | Cvtps2dq
-            | Cvtps2pd
-            | Cvtpd2ps
-            | Cvttpd2dq
-            | Cvtpd2dq
-            | Ldmxcsr
-            | Stmxcsr
-            | Pextrw
-            | Pinsrw
-            | Movsd
-            | Cmpsd
-    )
+    int::handles(m)
+        || float::handles(m)
+        || crypto::handles(m)
+        || matches!(
+            m,
+            Movntdqa
+                | Pextrb
+                | Pextrd
+                | Pextrq
+                | Extractps
+                | Ptest
+                | Pcmpestri
+                | Pcmpestri64
+                | Pcmpestrm
+                | Pcmpestrm64
+                | Pcmpistri
+                | Pcmpistrm
+        )
+        || matches!(
+            m,
+            Movdqa
+                | Movdqu
+                | Movaps
+                | Movups
+                | Movapd
+                | Movupd
+                | Lddqu
+                | Movntdq
+                | Movntps
+                | Movntpd
+                | Movnti
+                | Movq
+                | Movd
+                | Movss
+                | Movhpd
+                | Movhps
+                | Movlpd
+                | Movlps
+                | Movhlps
+                | Movlhps
+                | Movmskpd
+                | Movmskps
+                | Pmovmskb
+                | Pxor
+                | Xorps
+                | Xorpd
+                | Por
+                | Orps
+                | Orpd
+                | Pand
+                | Andps
+                | Andpd
+                | Pandn
+                | Andnps
+                | Andnpd
+                | Paddb
+                | Paddw
+                | Paddd
+                | Paddq
+                | Psubb
+                | Psubw
+                | Psubd
+                | Psubq
+                | Paddusb
+                | Paddusw
+                | Psubusb
+                | Psubusw
+                | Paddsb
+                | Paddsw
+                | Psubsb
+                | Psubsw
+                | Pcmpeqb
+                | Pcmpeqw
+                | Pcmpeqd
+                | Pcmpgtb
+                | Pcmpgtw
+                | Pcmpgtd
+                | Pminub
+                | Pmaxub
+                | Pminsw
+                | Pmaxsw
+                | Pavgb
+                | Pavgw
+                | Pmullw
+                | Pmulhw
+                | Pmulhuw
+                | Pmuludq
+                | Pmaddwd
+                | Psadbw
+                | Psllw
+                | Pslld
+                | Psllq
+                | Psrlw
+                | Psrld
+                | Psrlq
+                | Psraw
+                | Psrad
+                | Pslldq
+                | Psrldq
+                | Punpcklbw
+                | Punpcklwd
+                | Punpckldq
+                | Punpcklqdq
+                | Punpckhbw
+                | Punpckhwd
+                | Punpckhdq
+                | Punpckhqdq
+                | Packsswb
+                | Packssdw
+                | Packuswb
+                | Pshufd
+                | Pshuflw
+                | Pshufhw
+                | Shufps
+                | Shufpd
+                | Unpcklps
+                | Unpckhps
+                | Unpcklpd
+                | Unpckhpd
+                | Addsd
+                | Subsd
+                | Mulsd
+                | Divsd
+                | Minsd
+                | Maxsd
+                | Sqrtsd
+                | Addss
+                | Subss
+                | Mulss
+                | Divss
+                | Minss
+                | Maxss
+                | Sqrtss
+                | Addpd
+                | Subpd
+                | Mulpd
+                | Divpd
+                | Minpd
+                | Maxpd
+                | Sqrtpd
+                | Addps
+                | Subps
+                | Mulps
+                | Divps
+                | Minps
+                | Maxps
+                | Sqrtps
+                | Comisd
+                | Ucomisd
+                | Comiss
+                | Ucomiss
+                | Cmpss
+                | Cmppd
+                | Cmpps
+                | Cvtsi2sd
+                | Cvtsi2ss
+                | Cvttsd2si
+                | Cvtsd2si
+                | Cvttss2si
+                | Cvtss2si
+                | Cvtsd2ss
+                | Cvtss2sd
+                | Cvtdq2pd
+                | Cvtdq2ps
+                | Cvttps2dq
+                | Cvtps2dq
+                | Cvtps2pd
+                | Cvtpd2ps
+                | Cvttpd2dq
+                | Cvtpd2dq
+                | Ldmxcsr
+                | Stmxcsr
+                | Pextrw
+                | Pinsrw
+                | Movsd
+                | Cmpsd
+        )
 }
 
 /// Instructions that accept an unaligned 16-byte memory operand.
 fn unaligned_ok(m: M) -> bool {
-    matches!(m, M::Movdqu | M::Movups | M::Movupd | M::Lddqu)
-}
-
-fn b16(v: u128) -> [u8; 16] {
-    v.to_le_bytes()
-}
-fn w8(v: u128) -> [u16; 8] {
-    let b = v.to_le_bytes();
-    std::array::from_fn(|i| u16::from_le_bytes([b[2 * i], b[2 * i + 1]]))
-}
-fn d4(v: u128) -> [u32; 4] {
-    std::array::from_fn(|i| (v >> (32 * i)) as u32)
-}
-fn q2(v: u128) -> [u64; 2] {
-    [v as u64, (v >> 64) as u64]
-}
-fn from_b(a: [u8; 16]) -> u128 {
-    u128::from_le_bytes(a)
-}
-fn from_w(a: [u16; 8]) -> u128 {
-    a.iter()
-        .enumerate()
-        .fold(0, |acc, (i, x)| acc | (*x as u128) << (16 * i))
-}
-fn from_d(a: [u32; 4]) -> u128 {
-    a.iter()
-        .enumerate()
-        .fold(0, |acc, (i, x)| acc | (*x as u128) << (32 * i))
-}
-fn from_q(a: [u64; 2]) -> u128 {
-    a[0] as u128 | (a[1] as u128) << 64
-}
-fn f32s(v: u128) -> [f32; 4] {
-    d4(v).map(f32::from_bits)
-}
-fn f64s(v: u128) -> [f64; 2] {
-    q2(v).map(f64::from_bits)
-}
-fn from_f32(a: [f32; 4]) -> u128 {
-    from_d(a.map(f32::to_bits))
-}
-fn from_f64(a: [f64; 2]) -> u128 {
-    from_q(a.map(f64::to_bits))
-}
-
-fn sat_i8(v: i32) -> u8 {
-    v.clamp(-128, 127) as i8 as u8
-}
-fn sat_u8(v: i32) -> u8 {
-    v.clamp(0, 255) as u8
-}
-fn sat_i16(v: i32) -> u16 {
-    v.clamp(-32768, 32767) as i16 as u16
+    use M::*;
+    matches!(
+        m,
+        Movdqu
+            | Movups
+            | Movupd
+            | Lddqu
+            | Pcmpestri
+            | Pcmpestri64
+            | Pcmpestrm
+            | Pcmpestrm64
+            | Pcmpistri
+            | Pcmpistrm
+    )
 }
 
 fn minf<T: PartialOrd>(a: T, b: T) -> T {
@@ -402,7 +400,7 @@ impl Cpu {
                 self.wr(io, ins, 0, size, v)
             }
             Movdqa | Movdqu | Movaps | Movups | Movapd | Movupd | Lddqu | Movntdq | Movntps
-            | Movntpd => {
+            | Movntpd | Movntdqa => {
                 let v = self.xsrc(io, ins, 1)?;
                 self.xdst(io, ins, v)
             }
@@ -487,6 +485,32 @@ impl Cpu {
                 self.reg_write(ins.op0_register(), v);
                 Ok(())
             }
+            Pextrb | Pextrd | Pextrq | Extractps => {
+                let s = self.xsrc(io, ins, 1)?;
+                let i = ins.immediate8() as usize;
+                let (v, size) = match m {
+                    Pextrb => (b16(s)[i & 15] as u64, 1),
+                    Pextrq => (q2(s)[i & 1], 8),
+                    _ => (d4(s)[i & 3] as u64, 4),
+                };
+                if op0_mem {
+                    return self.wr(io, ins, 0, size, v);
+                }
+                // A 32- or 64-bit register destination: zero-extended.
+                self.reg_write(ins.op0_register(), v);
+                Ok(())
+            }
+            Ptest => {
+                let a = self.xreg0(ins);
+                let b = self.xsrc(io, ins, 1)?;
+                let zf = if a & b == 0 { ZF } else { 0 };
+                let cf = if !a & b == 0 { CF } else { 0 };
+                self.flags.set_arith(zf | cf);
+                Ok(())
+            }
+            Pcmpestri | Pcmpestri64 | Pcmpestrm | Pcmpestrm64 | Pcmpistri | Pcmpistrm => {
+                self.pcmpstr(io, ins)
+            }
             Pinsrw => {
                 let s = self.xsrc(io, ins, 1)? as u16;
                 let i = (ins.immediate(2) & 7) as usize;
@@ -518,6 +542,7 @@ impl Cpu {
         let a = self.xreg0(ins);
         let b = self.xsrc(io, ins, 1)?;
         let rc = (self.fpu.mxcsr >> 13) & 3;
+        let rcm = Rc::from_mxcsr(self.fpu.mxcsr);
         let r: u128 = match m {
             Pxor | Xorps | Xorpd => a ^ b,
             Por | Orps | Orpd => a | b,
@@ -731,51 +756,51 @@ impl Cpu {
             Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd => {
                 let (x, y) = (f64::from_bits(a as u64), f64::from_bits(b as u64));
                 let r = match m {
-                    Addsd => x + y,
-                    Subsd => x - y,
-                    Mulsd => x * y,
-                    Divsd => x / y,
+                    Addsd => arith64(Arith::Add, x, y, rcm),
+                    Subsd => arith64(Arith::Sub, x, y, rcm),
+                    Mulsd => arith64(Arith::Mul, x, y, rcm),
+                    Divsd => arith64(Arith::Div, x, y, rcm),
                     Minsd => minf(x, y),
                     Maxsd => maxf(x, y),
-                    _ => y.sqrt(),
+                    _ => rounding::sqrt_64(y, rcm),
                 };
                 (a & !(u64::MAX as u128)) | r.to_bits() as u128
             }
             Addss | Subss | Mulss | Divss | Minss | Maxss | Sqrtss => {
                 let (x, y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
                 let r = match m {
-                    Addss => x + y,
-                    Subss => x - y,
-                    Mulss => x * y,
-                    Divss => x / y,
+                    Addss => arith32(Arith::Add, x, y, rcm),
+                    Subss => arith32(Arith::Sub, x, y, rcm),
+                    Mulss => arith32(Arith::Mul, x, y, rcm),
+                    Divss => arith32(Arith::Div, x, y, rcm),
                     Minss => minf(x, y),
                     Maxss => maxf(x, y),
-                    _ => y.sqrt(),
+                    _ => rounding::sqrt_32(y, rcm),
                 };
                 (a & !0xffff_ffffu128) | r.to_bits() as u128
             }
             Addpd | Subpd | Mulpd | Divpd | Minpd | Maxpd | Sqrtpd => {
                 let (x, y) = (f64s(a), f64s(b));
                 from_f64(std::array::from_fn(|i| match m {
-                    Addpd => x[i] + y[i],
-                    Subpd => x[i] - y[i],
-                    Mulpd => x[i] * y[i],
-                    Divpd => x[i] / y[i],
+                    Addpd => arith64(Arith::Add, x[i], y[i], rcm),
+                    Subpd => arith64(Arith::Sub, x[i], y[i], rcm),
+                    Mulpd => arith64(Arith::Mul, x[i], y[i], rcm),
+                    Divpd => arith64(Arith::Div, x[i], y[i], rcm),
                     Minpd => minf(x[i], y[i]),
                     Maxpd => maxf(x[i], y[i]),
-                    _ => y[i].sqrt(),
+                    _ => rounding::sqrt_64(y[i], rcm),
                 }))
             }
             Addps | Subps | Mulps | Divps | Minps | Maxps | Sqrtps => {
                 let (x, y) = (f32s(a), f32s(b));
                 from_f32(std::array::from_fn(|i| match m {
-                    Addps => x[i] + y[i],
-                    Subps => x[i] - y[i],
-                    Mulps => x[i] * y[i],
-                    Divps => x[i] / y[i],
+                    Addps => arith32(Arith::Add, x[i], y[i], rcm),
+                    Subps => arith32(Arith::Sub, x[i], y[i], rcm),
+                    Mulps => arith32(Arith::Mul, x[i], y[i], rcm),
+                    Divps => arith32(Arith::Div, x[i], y[i], rcm),
                     Minps => minf(x[i], y[i]),
                     Maxps => maxf(x[i], y[i]),
-                    _ => y[i].sqrt(),
+                    _ => rounding::sqrt_32(y[i], rcm),
                 }))
             }
             Comisd | Ucomisd | Comiss | Ucomiss => {
@@ -835,9 +860,9 @@ impl Cpu {
                     v as u32 as i32 as i64
                 };
                 if m == Cvtsi2sd {
-                    (a & !(u64::MAX as u128)) | (iv as f64).to_bits() as u128
+                    (a & !(u64::MAX as u128)) | rounding::i64_to_f64(iv, rcm).to_bits() as u128
                 } else {
-                    (a & !0xffff_ffffu128) | (iv as f32).to_bits() as u128
+                    (a & !0xffff_ffffu128) | rounding::i64_to_f32(iv, rcm).to_bits() as u128
                 }
             }
             Cvttsd2si | Cvtsd2si | Cvttss2si | Cvtss2si => {
@@ -853,7 +878,8 @@ impl Cpu {
                 return Ok(());
             }
             Cvtsd2ss => {
-                (a & !0xffff_ffffu128) | (f64::from_bits(b as u64) as f32).to_bits() as u128
+                let v = rounding::f64_to_f32(f64::from_bits(b as u64), rcm);
+                (a & !0xffff_ffffu128) | v.to_bits() as u128
             }
             Cvtss2sd => {
                 (a & !(u64::MAX as u128)) | (f32::from_bits(b as u32) as f64).to_bits() as u128
@@ -862,7 +888,7 @@ impl Cpu {
                 let s = d4(b);
                 from_f64([s[0] as i32 as f64, s[1] as i32 as f64])
             }
-            Cvtdq2ps => from_f32(d4(b).map(|x| x as i32 as f32)),
+            Cvtdq2ps => from_f32(d4(b).map(|x| rounding::i64_to_f32(x as i32 as i64, rcm))),
             Cvttps2dq | Cvtps2dq => {
                 let t = m == Cvttps2dq;
                 from_d(f32s(b).map(|x| f2i(x as f64, 32, rc, t) as u32))
@@ -883,11 +909,57 @@ impl Cpu {
             }
             Cvtpd2ps => {
                 let s = f64s(b);
-                from_f32([s[0] as f32, s[1] as f32, 0.0, 0.0])
+                let n = |x: f64| rounding::f64_to_f32(x, rcm);
+                from_f32([n(s[0]), n(s[1]), 0.0, 0.0])
             }
-            _ => return Err(self.unimplemented(ins)),
+            Roundps | Roundpd | Roundss | Roundsd => {
+                let (r, raised) = float::round(m, a, b, ins.immediate8(), rc);
+                self.fpu.mxcsr |= raised;
+                r
+            }
+            _ => {
+                let imm = ins.immediate8();
+                let x0 = self.fpu.xmm[0];
+                let src_mem = ins.op1_kind() == OpKind::Memory;
+                match int::compute(m, a, b, imm, x0)
+                    .or_else(|| float::compute(m, a, b, imm, x0, src_mem, rcm))
+                    .or_else(|| crypto::compute(m, a, b, imm))
+                {
+                    Some(r) => r,
+                    None => return Err(self.unimplemented(ins)),
+                }
+            }
         };
         self.xdst(io, ins, r)
+    }
+
+    /// PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM: lengths from EAX/EDX (RAX/RDX for the
+    /// REX.W forms) or the first NUL element; the index goes to ECX, the mask to XMM0.
+    fn pcmpstr(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        use M::*;
+        let m = ins.mnemonic();
+        let a = self.xreg0(ins);
+        let b = self.xsrc(io, ins, 1)?;
+        let mode = string::Mode::new(ins.immediate8());
+        let (la, lb) = match m {
+            Pcmpistri | Pcmpistrm => (mode.implicit_len(a), mode.implicit_len(b)),
+            Pcmpestri64 | Pcmpestrm64 => (
+                mode.explicit_len(self.gpr[0] as i64),
+                mode.explicit_len(self.gpr[2] as i64),
+            ),
+            _ => (
+                mode.explicit_len(self.gpr[0] as i32 as i64),
+                mode.explicit_len(self.gpr[2] as i32 as i64),
+            ),
+        };
+        let out = string::compare(mode, a, la, b, lb);
+        if matches!(m, Pcmpestri | Pcmpestri64 | Pcmpistri) {
+            self.gpr[1] = string::index(mode, out.res);
+        } else {
+            self.fpu.xmm[0] = string::mask(mode, out.res);
+        }
+        self.flags.set_arith(out.flags);
+        Ok(())
     }
 }
 
