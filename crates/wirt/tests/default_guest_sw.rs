@@ -54,6 +54,7 @@ fn boots_to_user_space_and_computes_correctly() {
 #[test]
 fn two_vcpus_come_online_and_share_the_work() {
     let script = "echo cpus=$(grep -c ^processor /proc/cpuinfo)\n\
+                  grep 'initial apicid' /proc/cpuinfo | tr -d ' \\t' | sort -u\n\
                   (seq 1 20000 | awk '{s+=$1} END {print \"a=\" s}' > /tmp/a) &\n\
                   (seq 1 30000 | awk '{s+=$1} END {print \"b=\" s}' > /tmp/b) &\n\
                   wait; cat /tmp/a /tmp/b\n";
@@ -61,6 +62,8 @@ fn two_vcpus_come_online_and_share_the_work() {
     assert_eq!(r.status, 0, "{r:?}");
     let out = image::cmdline::script_output(&r.stdout).expect("script output");
     assert!(out.contains("cpus=2\n"), "{out}");
+    // Each vCPU reports its own APIC ID through CPUID (leaf 1 EBX[31:24]).
+    assert!(out.contains("initialapicid:0\ninitialapicid:1\n"), "{out}");
     assert!(out.contains("a=200010000\n"), "{out}");
     assert!(out.contains("b=450015000\n"), "{out}");
 }
