@@ -247,3 +247,53 @@ fn the_guest_pings_the_host_over_a_tap_in_a_network_namespace() {
     let script_out = image::cmdline::script_output(&stdout).expect("script output");
     assert!(script_out.contains("ping-ok"), "{stdout}");
 }
+
+/// Flags Linux derives itself rather than reading from one CPUID bit (from the vendor,
+/// family and other bits): allowed in `/proc/cpuinfo` though the model has no such bit.
+const LINUX_DERIVED_FLAGS: &[&str] = &[
+    "constant_tsc",  // invariant TSC
+    "rep_good",      // family 15+ AMD
+    "nopl",          // 64-bit CPUs
+    "cpuid",         // the CPUID instruction exists
+    "extd_apicid",   // AMD family 15+
+    "3dnowprefetch", // AMD with long mode
+    "vmmcall",       // AMD: hypercalls use VMMCALL
+    "xtopology",     // leaf 0xB present
+    "tsc_known_freq",
+    "tsc_reliable",
+    "arat",
+];
+
+#[test]
+fn the_guest_sees_exactly_the_documented_cpu_model() {
+    let r = boot_with_script("grep -m1 ^flags /proc/cpuinfo\n", "1");
+    assert_eq!(r.status, 0, "{r:?}");
+    let out = image::cmdline::script_output(&r.stdout).expect("script output");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .expect("flags line");
+    let flags: Vec<&str> = line
+        .split(':')
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let model = hypervisor::sw::cpuid_model(&[]);
+    let announced = arch::cpuid::announced(&model);
+    for f in &announced {
+        assert!(
+            flags.contains(&f.linux),
+            "CPUID announces {} but the guest's flags lack {}: {line}",
+            f.name,
+            f.linux
+        );
+    }
+    for flag in &flags {
+        let known = announced.iter().any(|f| f.linux == *flag);
+        assert!(
+            known || LINUX_DERIVED_FLAGS.contains(flag),
+            "the guest shows flag {flag}, which the CPU model (docs/cpuid.md) does not announce: {line}"
+        );
+    }
+}

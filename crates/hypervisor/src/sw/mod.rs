@@ -15,4 +15,4 @@ mod vcpu;
 mod vm;
 
 pub use vcpu::SwVcpu;
-pub use vm::SwVm;
+pub use vm::{cpuid_model, SwVm};

@@ -71,6 +71,13 @@ pub fn vcpu_cpuid(id: u32, cpus: u32, policy: &CpuidPolicy) -> Vec<emu::CpuidLea
         .collect()
 }
 
+/// The CPUID table a software vCPU of a 1-vCPU VM gets with `cpu_features`: the CPU
+/// model the software engine presents (documented in `docs/cpuid.md`).
+pub fn cpuid_model(cpu_features: &[FeatureEdit]) -> Vec<CpuidEntry> {
+    let offer: Vec<CpuidEntry> = emu::cpuid::supported().iter().map(to_arch).collect();
+    arch::cpuid::guest_cpuid(&offer, 0, 1, &policy(cpu_features))
+}
+
 impl SwVm {
     /// A VM of `cpus` vCPUs; `cpu_features` edits the CPU model (refused when they add
     /// what the engine does not implement).
@@ -129,5 +136,49 @@ impl Vm for SwVm {
 
     fn note_guest_write(&self, gpa: u64, len: u64) {
         self.ram.note_external_write(gpa, len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/cpuid.md` lists every named feature with whether the software engine offers
+    /// it; the table must match the model the engine really presents.
+    #[test]
+    fn the_documented_cpuid_table_matches_the_model() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/cpuid.md");
+        let doc = std::fs::read_to_string(path).expect("docs/cpuid.md exists");
+        let model = cpuid_model(&[]);
+        let announced = arch::cpuid::announced(&model);
+        let mut wrong = Vec::new();
+        for f in arch::cpuid::FEATURES {
+            let offered = announced.iter().any(|a| a.name == f.name);
+            let row = doc
+                .lines()
+                .find(|l| l.split('|').nth(4).map(str::trim) == Some(&format!("`{}`", f.name)));
+            let says = row.and_then(|r| r.split('|').nth(6)).map(str::trim);
+            let want = if offered { "yes" } else { "no" };
+            if says != Some(want) {
+                wrong.push(format!(
+                    "| {:#x}{} | {:?} | {} | `{}` | {} | {want} | |",
+                    f.function,
+                    if f.index != 0 {
+                        format!(".{}", f.index)
+                    } else {
+                        String::new()
+                    },
+                    f.reg,
+                    f.bit,
+                    f.name,
+                    f.linux
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "rows to fix in docs/cpuid.md:\n{}",
+            wrong.join("\n")
+        );
     }
 }
