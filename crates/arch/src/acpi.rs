@@ -448,9 +448,14 @@ fn io_gas(port: u16, len: u8) -> GAS {
 
 /// FADT pointing at the DSDT and FACS.
 pub fn fadt(dsdt_addr: u64, facs_addr: u64) -> acpi_tables::fadt::FADT {
-    let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
-        .dsdt_64(dsdt_addr)
-        .firmware_ctrl_64(facs_addr)
+    let b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION).dsdt_64(dsdt_addr);
+    // The 32-bit FIRMWARE_CTRL where the FACS is below 4 GiB (it always is), as PC
+    // firmware does: some OS loaders (kvm-unit-tests' `s3`) read only that field.
+    let b = match u32::try_from(facs_addr) {
+        Ok(a) => b.firmware_ctrl_32(a),
+        Err(_) => b.firmware_ctrl_64(facs_addr),
+    };
+    let mut b = b
         .flag(Flags::Wbinvd)
         .flag(Flags::ProcC1)
         // PWR_BUTTON stays clear: a fixed-feature power button exists (PM1 PWRBTN_STS/EN),

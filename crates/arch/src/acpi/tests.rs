@@ -61,7 +61,7 @@ fn rsdp_xsdt_fadt_madt_dsdt_chain() {
     assert_eq!(&madt[0..4], b"APIC");
     let dsdt = table(&tables, u64_at(fadt, 140));
     assert_eq!(&dsdt[0..4], b"DSDT");
-    let facs = table(&tables, u64_at(fadt, 132));
+    let facs = table(&tables, u64::from(u32_at(fadt, 36)));
     assert_eq!(&facs[0..4], b"FACS");
 }
 
@@ -90,7 +90,8 @@ fn fadt_describes_the_legacy_pm_devices() {
     assert_eq!((f[116], f[117]), (1, 8));
     assert_eq!(u64_at(&f, 120), u64::from(RESET_CONTROL));
     assert_eq!(f[128], RESET_VALUE);
-    assert_eq!(u64_at(&f, 132), 0x2000);
+    assert_eq!(u32_at(&f, 36), 0x2000, "FIRMWARE_CTRL: the FACS below 4 GiB");
+    assert_eq!(u64_at(&f, 132), 0, "X_FIRMWARE_CTRL unused");
     assert_eq!(u64_at(&f, 140), 0x1000);
     // X_PM1a_EVT_BLK mirrors the 32-bit field.
     assert_eq!(f[148], 1);
