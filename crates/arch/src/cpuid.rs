@@ -111,7 +111,8 @@ pub const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
 pub struct Feature {
     /// QEMU's name for it (`-cpu qemu64,+name`); `_` and `-` are interchangeable.
     pub name: &'static str,
-    /// Linux's name in `/proc/cpuinfo` flags.
+    /// Linux's name in `/proc/cpuinfo` flags; empty when the guest kernel (Debian's 6.1)
+    /// shows no flag for it.
     pub linux: &'static str,
     pub function: u32,
     pub index: u32,
@@ -207,6 +208,7 @@ pub const FEATURES: &[Feature] = &[
     feat("rdtscp", "rdtscp", 0x8000_0001, D, 27),
     feat("lm", "lm", 0x8000_0001, D, 29),
     feat("invtsc", "nonstop_tsc", 0x8000_0007, D, 8),
+    feat("null-sel-clr-base", "", 0x8000_0021, Reg::Eax, 6),
     Feature {
         name: "xsaveopt",
         linux: "xsaveopt",

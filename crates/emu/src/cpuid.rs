@@ -127,7 +127,7 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
         }
         0x8000_0000 => {
             let (b, d, c) = regs(b"AuthenticAMD");
-            (0x8000_0008, b, c, d)
+            (0x8000_0021, b, c, d)
         }
         0x8000_0001 => {
             // ECX: LAHF/SAHF in 64-bit mode (bit 0), ABM: LZCNT (bit 5).
@@ -149,6 +149,8 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
         }
         0x8000_0007 => (0, 0, 0, 1 << 8), // invariant TSC
         0x8000_0008 => (0x3028, 0, 0, 0), // 40 physical, 48 linear address bits
+        // Extended features 2: a null selector loaded into FS/GS clears the base.
+        0x8000_0021 => (1 << 6, 0, 0, 0),
         _ => (0, 0, 0, 0),
     }
 }

@@ -107,10 +107,11 @@ impl Cpu {
             if idx == CS || (idx == SS && !(self.long64() && self.cpl != 3)) {
                 return Err(gp0());
             }
-            let keep_base = if idx >= FS { self.seg[idx].base } else { 0 };
+            // The base is cleared for FS and GS too, as current AMD and Intel CPUs do
+            // (CPUID 0x8000_0021 EAX[6], NullSelectorClearsBase).
             self.seg[idx] = SegmentState {
                 selector: sel,
-                base: keep_base,
+                base: 0,
                 unusable: true,
                 dpl: if idx == SS { self.cpl } else { 0 },
                 ..SegmentState::default()

@@ -921,3 +921,36 @@ fn iopl3_bypasses_the_io_bitmap() {
     assert_eq!(outs(&p, 0x900), vec![0x33]);
     assert_eq!(fault_byte, 0xf4);
 }
+
+#[test]
+fn a_null_selector_in_fs_or_gs_clears_the_base() {
+    let m = memory();
+    setup_long_mode(&m);
+    load(
+        &m,
+        CODE,
+        &asm64(CODE, |a| {
+            // FS.base and GS.base set through their MSRs, then null selectors loaded.
+            for msr in [0xc000_0100u32, 0xc000_0101] {
+                a.mov(ecx, msr).unwrap();
+                a.mov(eax, 0x1234_5000u32).unwrap();
+                a.xor(edx, edx).unwrap();
+                a.wrmsr().unwrap();
+            }
+            a.xor(eax, eax).unwrap();
+            a.mov(fs, ax).unwrap();
+            a.mov(gs, ax).unwrap();
+            for msr in [0xc000_0100u32, 0xc000_0101] {
+                a.mov(ecx, msr).unwrap();
+                a.rdmsr().unwrap();
+                a.out(0xe0, eax).unwrap();
+            }
+            a.hlt().unwrap();
+        }),
+    );
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(&long_mode_regs(CODE));
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    assert_eq!(outs(&p, 0xe0), vec![0, 0]);
+}

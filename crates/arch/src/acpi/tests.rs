@@ -90,7 +90,11 @@ fn fadt_describes_the_legacy_pm_devices() {
     assert_eq!((f[116], f[117]), (1, 8));
     assert_eq!(u64_at(&f, 120), u64::from(RESET_CONTROL));
     assert_eq!(f[128], RESET_VALUE);
-    assert_eq!(u32_at(&f, 36), 0x2000, "FIRMWARE_CTRL: the FACS below 4 GiB");
+    assert_eq!(
+        u32_at(&f, 36),
+        0x2000,
+        "FIRMWARE_CTRL: the FACS below 4 GiB"
+    );
     assert_eq!(u64_at(&f, 132), 0, "X_FIRMWARE_CTRL unused");
     assert_eq!(u64_at(&f, 140), 0x1000);
     // X_PM1a_EVT_BLK mirrors the 32-bit field.
