@@ -1,0 +1,187 @@
+//! The x87 FPU: every D8–DF instruction (plus FWAIT, FXSAVE/FXRSTOR and EMMS) on the
+//! 80-bit register format.
+//!
+//! * `float.rs`: the register format, NaN rules, and correctly rounded add, subtract,
+//!   multiply, divide, square root, round-to-integer, scale, remainder (FPREM/FPREM1,
+//!   exact, including the partial remainder) and conversions. Rounding is done by
+//!   `rustc_apfloat` (binary128 intermediate rounded to odd, then rounded to the 24/53/64
+//!   bit precision of FCW.PC with FCW.RC); exact parts (FPREM, FSQRT's root, BCD) use
+//!   integer arithmetic.
+//! * `transcendental.rs`: F2XM1, FYL2X, FYL2XP1, FSIN, FCOS, FSINCOS, FPTAN, FPATAN by
+//!   series in binary128 (see there for the accuracy and the 66-bit π reduction).
+//! * `stack.rs`: TOP, tags, push/pop, stack faults, exception flags and ES/B.
+//! * `arith.rs`: the semantics of the stack instructions, one definition each.
+//! * `env.rs`: FNSTENV/FLDENV, FNSAVE/FRSTOR, FXSAVE/FXRSTOR.
+//!
+//! Exceptions: flags (IE, DE, ZE, OE, UE, PE, SF) and C0–C3 are set as the SDM defines
+//! per instruction. Masked exceptions give the SDM's default results. An unmasked one sets
+//! ES and B; for IE, DE and ZE the destination and TOP are left unchanged. The next waiting
+//! x87 instruction (or FWAIT) then raises #MF if CR0.NE = 1; with CR0.NE = 0 (the legacy
+//! FERR# interrupt, not modelled) the exception just stays pending in FSW.
+//!
+//! Differences from hardware: unmasked overflow/underflow store the masked default result
+//! instead of the exponent-wrapped one, and underflow is reported only for inexact tiny
+//! results even when unmasked; tininess is detected after rounding with the bounded
+//! exponent (apfloat's rule); FIP/FDP/FOP are not updated.
+
+mod arith;
+mod env;
+pub(crate) mod float;
+mod stack;
+mod transcendental;
+
+use iced_x86::{Code, Instruction, Mnemonic as M};
+
+use crate::cpu::{Cpu, CR0_EM, CR0_MP, CR0_TS};
+use crate::exceptions::{Fault, MF, NM, R};
+use crate::platform::Platform;
+use float::ES;
+
+/// MXCSR bits that may be set (no DAZ).
+pub const MXCSR_MASK: u32 = 0xffbf;
+
+/// CR0.NE: native x87 error reporting (#MF).
+const CR0_NE: u64 = 1 << 5;
+
+pub fn handles(m: M) -> bool {
+    use M::*;
+    matches!(
+        m,
+        Fninit
+            | Finit
+            | Fnstcw
+            | Fstcw
+            | Fldcw
+            | Fnstsw
+            | Fstsw
+            | Fnclex
+            | Fclex
+            | Wait
+            | Fxsave
+            | Fxsave64
+            | Fxrstor
+            | Fxrstor64
+            | Emms
+            | Fnstenv
+            | Fstenv
+            | Fldenv
+            | Fnsave
+            | Fsave
+            | Frstor
+            | Fnop
+            | Fneni
+            | Feni
+            | Fndisi
+            | Fdisi
+            | Fnsetpm
+            | Fsetpm
+            | Fdecstp
+            | Fincstp
+            | Ffree
+            | Ffreep
+    ) || arith::handles(m)
+}
+
+impl Cpu {
+    pub(crate) fn x87(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        let m = ins.mnemonic();
+        if m == M::Wait {
+            if self.cr0 & CR0_TS != 0 && self.cr0 & CR0_MP != 0 {
+                return Err(Fault::new(NM));
+            }
+            return self.pending_mf();
+        }
+        let fx = matches!(m, M::Fxsave | M::Fxsave64 | M::Fxrstor | M::Fxrstor64);
+        if self.cr0 & CR0_EM != 0 && !fx {
+            return Err(Fault::new(NM));
+        }
+        if self.cr0 & CR0_TS != 0 {
+            return Err(Fault::new(NM));
+        }
+        // Everything but the no-wait control instructions first reports a pending
+        // unmasked exception.
+        let no_wait = fx
+            || matches!(
+                m,
+                M::Fninit
+                    | M::Fnclex
+                    | M::Fnstcw
+                    | M::Fnstsw
+                    | M::Fnstenv
+                    | M::Fnsave
+                    | M::Fneni
+                    | M::Fndisi
+                    | M::Fnsetpm
+                    | M::Emms
+            );
+        if !no_wait {
+            self.pending_mf()?;
+        }
+        let user = self.user();
+        match m {
+            M::Fninit | M::Finit => self.fninit(),
+            M::Fnstcw | M::Fstcw => {
+                let lin = self.mem_lin(ins);
+                self.write_lin(io, lin, 2, self.fpu.fcw as u64, user)?;
+            }
+            M::Fldcw => {
+                let lin = self.mem_lin(ins);
+                self.fpu.fcw = self.read_lin(io, lin, 2, user)? as u16;
+                self.update_es();
+            }
+            M::Fnstsw | M::Fstsw => {
+                if matches!(ins.code(), Code::Fnstsw_AX | Code::Fstsw_AX) {
+                    self.set_gpr_sized(0, 2, self.fpu.fsw as u64);
+                } else {
+                    let lin = self.mem_lin(ins);
+                    self.write_lin(io, lin, 2, self.fpu.fsw as u64, user)?;
+                }
+            }
+            M::Fnclex | M::Fclex => self.fpu.fsw &= 0x7f00,
+            M::Emms => self.fpu.ftw = 0,
+            M::Fxsave | M::Fxsave64 => self.fxsave(io, ins, m == M::Fxsave64)?,
+            M::Fxrstor | M::Fxrstor64 => self.fxrstor(io, ins, m == M::Fxrstor64)?,
+            M::Fnstenv | M::Fstenv => self.fnstenv(io, ins)?,
+            M::Fldenv => self.fldenv(io, ins)?,
+            M::Fnsave | M::Fsave => self.fnsave(io, ins)?,
+            M::Frstor => self.frstor(io, ins)?,
+            // FNOP, and the 8087/287 controls that are no-ops since the 387.
+            M::Fnop | M::Fneni | M::Feni | M::Fndisi | M::Fdisi | M::Fnsetpm | M::Fsetpm => {}
+            M::Fdecstp | M::Fincstp => {
+                let t = self.top();
+                self.set_top(if m == M::Fdecstp { t + 7 } else { t + 1 });
+                self.set_cc(float::C1, 0);
+            }
+            M::Ffree | M::Ffreep => {
+                let i = Self::st_index(ins.op0_register());
+                let p = self.phys(i);
+                self.fpu.ftw &= !(1 << p);
+                if m == M::Ffreep {
+                    self.fpop();
+                }
+            }
+            _ => return self.x87_stack(io, ins),
+        }
+        Ok(())
+    }
+
+    /// #MF for a pending unmasked exception (CR0.NE = 1).
+    fn pending_mf(&self) -> R<()> {
+        if self.fpu.fsw & ES != 0 && self.cr0 & CR0_NE != 0 {
+            return Err(Fault::new(MF));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::float::Ext;
+
+    #[test]
+    fn extended_format_round_trips() {
+        let one = Ext::ONE.to_bytes();
+        assert_eq!(one, [0, 0, 0, 0, 0, 0, 0, 0x80, 0xff, 0x3f]);
+        assert_eq!(Ext::from_bytes(&one), Ext::ONE);
+    }
+}
