@@ -29,6 +29,7 @@ pub fn handles(m: M) -> bool {
             | Fldz
             | Fst
             | Fstp
+            | Fstpnce
             | Fist
             | Fistp
             | Fisttp
@@ -172,13 +173,13 @@ impl Cpu {
                 } else {
                     match self.get(reg(0)) {
                         Some(v) => (v, 0),
-                        None if self.is_empty(7) => {
+                        // An empty source is an underflow, even if ST7 is in use too.
+                        None => {
                             if self.stack_fault(false) {
                                 self.fpush(Ext::INDEFINITE);
                             }
                             return Ok(());
                         }
-                        None => (Ext::INDEFINITE, 0),
                     }
                 };
                 self.push_checked(v, f);
@@ -186,7 +187,13 @@ impl Cpu {
             M::Fld1 | M::Fldz | M::Fldl2t | M::Fldl2e | M::Fldpi | M::Fldlg2 | M::Fldln2 => {
                 self.push_checked(constant(m, rc), 0);
             }
-            M::Fst | M::Fstp => self.fst(io, ins, mem, m == M::Fstp)?,
+            // FSTPNCE (D9 D8+i) is FSTP ST(i) without the stack check: an empty ST0 is
+            // just popped (what the host does).
+            M::Fstpnce if self.is_empty(0) => {
+                self.set_cc(C1, 0);
+                self.fpop();
+            }
+            M::Fst | M::Fstp | M::Fstpnce => self.fst(io, ins, mem, m != M::Fst)?,
             M::Fist | M::Fistp | M::Fisttp | M::Fbstp => self.fist(io, ins)?,
             M::Fxch => {
                 let i = if ins.op_count() > 1 { reg(1) } else { 1 };
@@ -227,7 +234,6 @@ impl Cpu {
                 let i = reg(1);
                 match (self.get(0), self.get(i)) {
                     (Some(_), Some(v)) => {
-                        self.set_cc(C1, 0);
                         if cond {
                             self.put(0, v);
                         }
@@ -280,7 +286,7 @@ impl Cpu {
                 };
                 let (x, y) = if reverse { (b, a) } else { (a, b) };
                 let (v, f) = float::arith(op, x, y, ctl);
-                self.result(d, v, f | f0, pop);
+                self.result(d, v, f | mem_denormal(f0, a, b), pop);
             }
             M::Fcom
             | M::Fcomp
@@ -315,7 +321,7 @@ impl Cpu {
                     return Ok(());
                 };
                 let (ord, f) = float::compare(a, b, quiet);
-                if self.raise(f | f0) {
+                if self.raise(f | mem_denormal(f0, a, b)) {
                     return Ok(());
                 }
                 self.compare_cc(ord);
@@ -331,7 +337,6 @@ impl Cpu {
                     return Ok(());
                 };
                 let (ord, f) = float::compare(a, b, matches!(m, M::Fucomi | M::Fucomip));
-                self.set_cc(C1, 0);
                 if self.raise(f) {
                     return Ok(());
                 }
@@ -504,6 +509,9 @@ impl Cpu {
             };
             let pop = dest == 1;
             if matches!(m, M::Fptan | M::Fsincos | M::Fxtract) {
+                if m != M::Fxtract {
+                    self.set_cc(C2, 0);
+                }
                 if self.stack_fault(false) {
                     self.put(0, Ext::INDEFINITE);
                     self.fpush(Ext::INDEFINITE);
@@ -552,13 +560,15 @@ impl Cpu {
                     return Ok(());
                 }
                 match r.quotient {
+                    // A partial remainder clears the quotient bits.
+                    Some(_) if r.partial => self.set_cc(C0 | C1 | C2 | C3, C2),
                     Some(q) => {
                         let cc = if q & 4 != 0 { C0 } else { 0 }
                             | if q & 2 != 0 { C3 } else { 0 }
                             | if q & 1 != 0 { C1 } else { 0 };
                         self.set_cc(C0 | C1 | C2 | C3, cc);
                     }
-                    None => self.set_cc(C2, C2),
+                    None => self.set_cc(C1 | C2, 0),
                 }
                 self.put(0, r.value);
             }
@@ -587,6 +597,7 @@ impl Cpu {
                 };
                 let pushes = matches!(what, TrigOp::SinCos | TrigOp::Tan);
                 if pushes && !self.is_empty(7) {
+                    self.set_cc(C2, 0);
                     if self.stack_fault(true) {
                         self.put(0, Ext::INDEFINITE);
                         self.fpush(Ext::INDEFINITE);
@@ -625,6 +636,17 @@ impl Cpu {
             }
         }
         Ok(())
+    }
+}
+
+/// The DE flag of a denormal m32/m64 operand counts only if no operand is a NaN or
+/// unsupported (those decide the result first).
+fn mem_denormal(f: u16, a: Ext, b: Ext) -> u16 {
+    let special = |v: Ext| matches!(v.class(), Class::QNan | Class::SNan | Class::Unsupported);
+    if special(a) || special(b) {
+        0
+    } else {
+        f
     }
 }
 

@@ -89,7 +89,9 @@ impl Cpu {
         };
         let real = self.real_or_v86();
         self.fpu.fcw = w(0) as u16;
-        self.fpu.fsw = w(1) as u16;
+        let fsw = w(1) as u16;
+        self.move_top(((fsw >> 11) & 7) as usize);
+        self.fpu.fsw = fsw;
         let tag = w(2) as u16;
         self.fpu.ftw = (0..8).fold(0u8, |t, p| {
             if (tag >> (2 * p)) & 3 != 3 {
@@ -159,16 +161,18 @@ impl Cpu {
         let mut b = vec![0u8; n + 80];
         let (lin, user) = (self.mem_lin(ins), self.user());
         self.read_bytes(io, lin, &mut b, user)?;
+        // The environment first: its TOP decides which registers the image's ST0.. are.
+        self.load_env(&b[..n], small);
         for i in 0..8 {
             let mut r = [0u8; 16];
             r[..10].copy_from_slice(&b[n + 10 * i..n + 10 * i + 10]);
             self.fpu.st[i] = r;
         }
-        self.load_env(&b[..n], small);
         Ok(())
     }
 
     pub(super) fn fninit(&mut self) {
+        self.move_top(0);
         self.fpu.fcw = 0x37f;
         self.fpu.fsw = 0;
         self.fpu.ftw = 0;

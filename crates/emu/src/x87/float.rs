@@ -212,6 +212,18 @@ impl Ext {
         matches!(self.class(), Class::QNan | Class::SNan)
     }
 
+    /// A pseudo-denormal (exponent 0 with J set) as the normal number it stands for.
+    pub fn canonical(self) -> Ext {
+        if self.exp() == 0 && self.man & J != 0 {
+            Ext {
+                se: self.se | 1,
+                man: self.man,
+            }
+        } else {
+            self
+        }
+    }
+
     /// The QNaN version of a NaN.
     pub fn quiet(self) -> Ext {
         Ext {
@@ -703,8 +715,11 @@ pub fn scale(a: Ext, b: Ext, ctl: Ctl) -> (Ext, u16) {
 pub struct Rem {
     pub value: Ext,
     pub flags: u16,
-    /// Low three quotient bits, or None after a partial reduction (C2 = 1).
+    /// The quotient (its low three bits go to C0, C3, C1), None for NaN or invalid
+    /// operands.
     pub quotient: Option<u64>,
+    /// Partial reduction (C2 = 1): the caller must loop.
+    pub partial: bool,
 }
 
 /// FPREM (`nearest` false: quotient truncated) and FPREM1 (IEEE remainder: quotient
@@ -716,17 +731,25 @@ pub fn rem(a: Ext, b: Ext, nearest: bool) -> Rem {
         value,
         flags,
         quotient: Some(0),
+        partial: false,
+    };
+    // NaN and invalid operands leave C0 and C3 alone (only C1 and C2 are cleared).
+    let special = |value, flags| Rem {
+        value,
+        flags,
+        quotient: None,
+        partial: false,
     };
     if let Some((v, f)) = nan_operands(a, b) {
-        return done(v, f);
+        return special(v, f);
     }
     let f = denormal(&[a, b]);
     let (ca, cb) = (a.class(), b.class());
     if ca == Class::Inf || cb == Class::Zero {
-        return done(Ext::INDEFINITE, f | IE);
+        return special(Ext::INDEFINITE, f | IE);
     }
     if cb == Class::Inf || ca == Class::Zero {
-        return done(a, f);
+        return done(a.canonical(), f);
     }
     let (ma, ea) = normalize(a);
     let (mb, eb) = normalize(b);
@@ -741,9 +764,11 @@ pub fn rem(a: Ext, b: Ext, nearest: bool) -> Rem {
                 value: exact(!neg, r, ea - 63),
                 flags: f,
                 quotient: Some(1),
+                partial: false,
             };
         }
-        return done(a, f);
+        // The dividend comes back in canonical form (a pseudo-denormal gets exponent 1).
+        return done(exact(neg, ma as u128, ea - 63), f);
     }
     let (steps, partial) = if d >= 64 {
         (32 + d % 32, true)
@@ -780,7 +805,8 @@ pub fn rem(a: Ext, b: Ext, nearest: bool) -> Rem {
     Rem {
         value,
         flags: f,
-        quotient: if partial { None } else { Some(q) },
+        quotient: Some(q),
+        partial,
     }
 }
 
@@ -885,8 +911,8 @@ mod tests {
             let r = rem(a, b, false);
             a = r.value;
             rounds += 1;
-            if let Some(q) = r.quotient {
-                break q;
+            if !r.partial {
+                break r.quotient.unwrap();
             }
         };
         assert_eq!(rounds, 2);

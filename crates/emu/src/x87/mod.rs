@@ -149,13 +149,14 @@ impl Cpu {
             M::Fnop | M::Fneni | M::Feni | M::Fndisi | M::Fdisi | M::Fnsetpm | M::Fsetpm => {}
             M::Fdecstp | M::Fincstp => {
                 let t = self.top();
-                self.set_top(if m == M::Fdecstp { t + 7 } else { t + 1 });
+                self.move_top((if m == M::Fdecstp { t + 7 } else { t + 1 }) & 7);
                 self.set_cc(float::C1, 0);
             }
             M::Ffree | M::Ffreep => {
                 let i = Self::st_index(ins.op0_register());
                 let p = self.phys(i);
                 self.fpu.ftw &= !(1 << p);
+                self.set_cc(float::C1, 0);
                 if m == M::Ffreep {
                     self.fpop();
                 }

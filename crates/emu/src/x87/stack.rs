@@ -20,6 +20,14 @@ impl Cpu {
         self.fpu.fsw = (self.fpu.fsw & !0x3800) | (((top & 7) as u16) << 11);
     }
 
+    /// Changes TOP without push or pop (FINCSTP, FDECSTP, FLDENV): the physical registers
+    /// stay, so the stack-ordered copy rotates.
+    pub(super) fn move_top(&mut self, top: usize) {
+        let d = (top + 8 - self.top()) & 7;
+        self.fpu.st.rotate_left(d);
+        self.set_top(top);
+    }
+
     /// Physical register number of ST(i).
     pub(super) fn phys(&self, i: usize) -> usize {
         (self.top() + i) & 7
@@ -69,7 +77,10 @@ impl Cpu {
     /// Records exception flags (IE..PE, SF) and sets ES/B if one of them is unmasked.
     /// Returns true if an unmasked IE, DE or ZE suppresses the result: the destination
     /// and TOP stay unchanged.
+    /// An invalid operation or a zero divide is reported without DE, even with a denormal
+    /// operand.
     pub(super) fn raise(&mut self, f: u16) -> bool {
+        let f = if f & (IE | ZE) != 0 { f & !DE } else { f };
         self.fpu.fsw |= f & (EXC | SF);
         self.update_es();
         f & (IE | DE | ZE) & !self.fpu.fcw != 0

@@ -14,14 +14,18 @@
 //! 1.2246467991473532e-16.
 
 use rustc_apfloat::ieee::Quad;
-use rustc_apfloat::Float;
+use rustc_apfloat::{Float, Round};
 
-use super::float::{denormal, nan_operand, nan_operands, normalize, Class, Ctl, Ext, IE, ZE};
+use super::float::{
+    denormal, nan_operand, nan_operands, normalize, odd, Class, Ctl, Ext, IE, PE, UE, ZE,
+};
 
 /// π as binary128.
 const PI: u128 = 0x4000_921f_b544_42d1_8469_898c_c517_01b8;
 /// ln 2 as binary128.
 const LN2: u128 = 0x3ffe_62e4_2fef_a39e_f357_93c7_6730_07e6;
+/// sqrt(1/2) as binary128 (rounded up; only used as a range bound).
+const SQRT_HALF: u128 = 0x3ffe_6a09_e667_f3bc_c908_b2fb_1366_ea95;
 /// The x87's 66-bit π, as an integer: π66 = PI66 * 2^-64.
 const PI66: u128 = (0xc90f_daa2_2168_c234 << 2) | 3;
 
@@ -81,21 +85,24 @@ fn atanh(s: Quad) -> Quad {
 }
 
 /// log2 of a positive finite value.
-fn log2(x: Ext) -> Quad {
-    let (m, mut e) = normalize(x);
-    // m / 2^63 in [1, 2); move to [sqrt(1/2), sqrt(2)).
-    let mut mq = Quad::from_u128(m as u128).value.scalbn(-63);
-    if m > 0xb504_f333_f9de_6484 {
-        mq = mq.scalbn(-1);
-        e += 1;
+fn log2(x: Quad) -> Quad {
+    // x = m * 2^e with m in [sqrt(1/2), sqrt(2)): ln m = 2 atanh((m-1)/(m+1)).
+    let mut e = 0;
+    let mut m = x.frexp(&mut e);
+    if m < q(SQRT_HALF) {
+        m = m.scalbn(1);
+        e -= 1;
     }
     let one = int(1);
-    let ln = mul(int(2), atanh(div(sub(mq, one), add(mq, one))));
+    let ln = mul(int(2), atanh(div(sub(m, one), add(m, one))));
     add(int(e as i64), div(ln, q(LN2)))
 }
 
-/// log2(1 + x) for small |x|.
+/// log2(1 + x) (accurate for small |x| too).
 fn log2p1(x: Quad) -> Quad {
+    if x.abs() > q(SQRT_HALF).scalbn(-1) {
+        return log2(add(int(1), x));
+    }
     let ln = mul(int(2), atanh(div(x, add(int(2), x))));
     div(ln, q(LN2))
 }
@@ -145,12 +152,19 @@ fn atan01(t: Quad) -> Quad {
 
 /// Rounds a binary128 result to the register format (precision control does not apply to
 /// transcendental instructions).
+/// These results are inexact (PE, and UE if tiny) even when the binary128 value happens to
+/// be exact (e.g. tan x = x for tiny x, an underflow to 0, or log2 of a power of two).
 fn done(v: Quad, ctl: Ctl, flags: u16) -> (Ext, u16) {
-    let (e, f) = Ext::from_quad(v, Ctl::full(ctl.rc));
+    let (e, mut f) = Ext::from_quad(v, Ctl::full(ctl.rc));
+    f |= PE;
+    if e.exp() == 0 {
+        f |= UE;
+    }
     (e, flags | f)
 }
 
-/// F2XM1: 2^x - 1 (defined for -1 ≤ x ≤ 1).
+/// F2XM1: 2^x - 1 (defined for -1 ≤ x ≤ 1; like the hardware, a finite operand outside
+/// that range is returned unchanged, with PE).
 pub fn f2xm1(x: Ext, ctl: Ctl) -> (Ext, u16) {
     if let Some(r) = nan_operand(x) {
         return r;
@@ -161,6 +175,9 @@ pub fn f2xm1(x: Ext, ctl: Ctl) -> (Ext, u16) {
         Class::Inf if x.neg() => return (Ext::ONE.with_sign(true), f),
         Class::Inf => return (x, f),
         _ => {}
+    }
+    if x.exp() >= 0x3fff && (x.exp(), x.man) != (0x3fff, 1 << 63) {
+        return (x, f | super::float::PE);
     }
     done(expm1(mul(x.to_quad(), q(LN2))), ctl, f)
 }
@@ -189,7 +206,7 @@ pub fn fyl2x(x: Ext, y: Ext, ctl: Ctl) -> (Ext, u16) {
             }
             return (Ext::INF.with_sign(y.neg()), f);
         }
-        _ => log2(x),
+        _ => log2(x.to_quad()),
     };
     if l.is_zero() {
         if yc == Class::Inf {
@@ -200,7 +217,9 @@ pub fn fyl2x(x: Ext, y: Ext, ctl: Ctl) -> (Ext, u16) {
     if yc == Class::Inf || yc == Class::Zero {
         return (y.with_sign(y.neg() != l.is_negative()), f);
     }
-    done(mul(yq, l), ctl, f)
+    // Rounded toward zero and to odd so that an overflow rounds per FCW.RC below. The
+    // hardware reports PE even when the product is exact (x a power of two).
+    done(odd(yq.mul_r(l, Round::TowardZero)), ctl, f)
 }
 
 /// FYL2XP1: y * log2(x + 1) (defined for |x| < 1 - sqrt(2)/2).
@@ -210,8 +229,14 @@ pub fn fyl2xp1(x: Ext, y: Ext, ctl: Ctl) -> (Ext, u16) {
     }
     let f = denormal(&[x, y]);
     let (xc, yc) = (x.class(), y.class());
-    if xc == Class::Inf || (xc == Class::Zero && yc == Class::Inf) {
+    if (xc == Class::Inf && (x.neg() || yc == Class::Zero))
+        || (xc == Class::Zero && yc == Class::Inf)
+    {
         return (Ext::INDEFINITE, f | IE);
+    }
+    if xc == Class::Inf {
+        // Outside the defined range, but the hardware gives y * log2(+inf).
+        return (Ext::INF.with_sign(y.neg()), f);
     }
     if xc == Class::Zero || yc == Class::Zero {
         return (Ext::ZERO.with_sign(x.neg() != y.neg()), f);
@@ -219,7 +244,18 @@ pub fn fyl2xp1(x: Ext, y: Ext, ctl: Ctl) -> (Ext, u16) {
     if yc == Class::Inf {
         return (y.with_sign(x.neg() != y.neg()), f);
     }
-    done(mul(y.to_quad(), log2p1(x.to_quad())), ctl, f)
+    let (_, ex) = normalize(x);
+    let (xq, yq) = (x.to_quad(), y.to_quad());
+    let p = if ex < -100 {
+        // log2(1 + x) = x / ln 2 to 2^-100 relative; x is scaled up and y down by the same
+        // power of two so that a denormal x keeps its precision next to a large y.
+        let k = -100 - ex;
+        let xs = div(xq.scalbn(k), q(LN2));
+        yq.scalbn(-k).mul_r(xs, Round::TowardZero)
+    } else {
+        yq.mul_r(log2p1(xq), Round::TowardZero)
+    };
+    done(odd(p), ctl, f)
 }
 
 /// The argument reduction of FSIN/FCOS/FSINCOS/FPTAN: None if |x| ≥ 2^63 (C2 = 1, the
@@ -369,7 +405,9 @@ pub fn fpatan(x: Ext, y: Ext, ctl: Ctl) -> (Ext, u16) {
         }
     };
     let a = if y.neg() { -a } else { a };
-    if a.is_zero() {
+    let exact_zero =
+        (yc == Class::Zero && !x.neg()) || (xc == Class::Inf && !x.neg() && yc != Class::Inf);
+    if exact_zero {
         return (Ext::ZERO.with_sign(y.neg()), f);
     }
     done(a, ctl, f)
