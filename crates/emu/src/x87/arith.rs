@@ -314,32 +314,34 @@ impl Cpu {
                 };
                 let quiet = matches!(m, M::Fucom | M::Fucomp | M::Fucompp);
                 let Some((a, b)) = self.get(0).zip(b) else {
-                    if self.stack_fault(false) {
-                        self.compare_cc(None);
+                    // Unordered even if the exception is unmasked (then without the pop).
+                    let masked = self.stack_fault(false);
+                    self.compare_cc(None);
+                    if masked {
                         self.pops(pops);
                     }
                     return Ok(());
                 };
                 let (ord, f) = float::compare(a, b, quiet);
-                if self.raise(f | mem_denormal(f0, a, b)) {
-                    return Ok(());
-                }
+                // The condition codes are set even if an unmasked exception stops the pop.
+                let stop = self.raise(f | mem_denormal(f0, a, b));
                 self.compare_cc(ord);
-                self.pops(pops);
+                if !stop {
+                    self.pops(pops);
+                }
             }
             M::Fcomi | M::Fcomip | M::Fucomi | M::Fucomip => {
                 let pop = matches!(m, M::Fcomip | M::Fucomip);
                 let Some((a, b)) = self.get(0).zip(self.get(reg(1))) else {
-                    if self.stack_fault(false) {
-                        self.flags.set_arith(ZF | PF | CF);
+                    let masked = self.stack_fault(false);
+                    self.flags.set_arith(ZF | PF | CF);
+                    if masked {
                         self.pops(pop as usize);
                     }
                     return Ok(());
                 };
                 let (ord, f) = float::compare(a, b, matches!(m, M::Fucomi | M::Fucomip));
-                if self.raise(f) {
-                    return Ok(());
-                }
+                let stop = self.raise(f);
                 use std::cmp::Ordering::*;
                 self.flags.set_arith(match ord {
                     None => ZF | PF | CF,
@@ -347,7 +349,9 @@ impl Cpu {
                     Some(Equal) => ZF,
                     Some(Greater) => 0,
                 });
-                self.pops(pop as usize);
+                if !stop {
+                    self.pops(pop as usize);
+                }
             }
             M::Fxam => {
                 let v = self.raw(0);
@@ -404,17 +408,29 @@ impl Cpu {
                 };
                 (v, 0x8000)
             }
-            Some(v) => match size {
-                4 => {
-                    let (b, f) = v.to_f32(rc);
-                    (b.to_le_bytes().to_vec(), f)
+            Some(v) => {
+                // Unmasked, underflow is reported for any tiny result, exact or not.
+                let tiny = |min_exp: i32| {
+                    let finite = matches!(v.class(), Class::Normal | Class::Denormal);
+                    let ue = self.fpu.fcw & float::UE == 0;
+                    if ue && finite && float::normalize(v).1 < min_exp {
+                        float::UE
+                    } else {
+                        0
+                    }
+                };
+                match size {
+                    4 => {
+                        let (b, f) = v.to_f32(rc);
+                        (b.to_le_bytes().to_vec(), f | tiny(-126))
+                    }
+                    8 => {
+                        let (b, f) = v.to_f64(rc);
+                        (b.to_le_bytes().to_vec(), f | tiny(-1022))
+                    }
+                    _ => (v.to_bytes().to_vec(), 0),
                 }
-                8 => {
-                    let (b, f) = v.to_f64(rc);
-                    (b.to_le_bytes().to_vec(), f)
-                }
-                _ => (v.to_bytes().to_vec(), 0),
-            },
+            }
         };
         self.store_result(io, ins, &bytes, f, pop)
     }
@@ -430,17 +446,20 @@ impl Cpu {
         pop: bool,
     ) -> R<()> {
         use float::{OE, SF, UE};
-        let (f, under) = if f == 0x8000 {
+        let (mut f, under) = if f == 0x8000 {
             (IE | SF, true)
         } else {
             (f, false)
         };
         let blocked = f & (IE | OE | UE) & !self.fpu.fcw != 0;
-        if !blocked {
+        if blocked {
+            // Nothing is stored, so nothing is inexact either.
+            f &= !(float::PE | C1);
+        } else {
             self.write_mem(io, ins, bytes)?;
         }
-        self.set_cc(C1, if under { 0 } else { f & C1 });
-        self.raise(f);
+        let stop = self.raise(f);
+        self.set_cc(C1, if under || stop { 0 } else { f & C1 });
         if !blocked && pop {
             self.fpop();
         }
@@ -492,7 +511,7 @@ impl Cpu {
     fn x87_functions(&mut self, ins: &Instruction) -> R<()> {
         let m = ins.mnemonic();
         let ctl = Ctl::from_fcw(self.fpu.fcw);
-        let full = Ctl::full(ctl.rc);
+        let full = ctl.full();
         // Operands: ST0, and ST1 for the two-operand functions.
         let two = matches!(
             m,
@@ -555,8 +574,10 @@ impl Cpu {
                 self.result(1, v, f, true);
             }
             M::Fprem | M::Fprem1 => {
-                let r = float::rem(a, b, m == M::Fprem1);
+                let r = float::rem(a, b, m == M::Fprem1, ctl);
                 if self.raise(r.flags) {
+                    // Stopped by an unmasked exception: as for NaN operands.
+                    self.set_cc(C1 | C2, 0);
                     return Ok(());
                 }
                 match r.quotient {

@@ -2,12 +2,13 @@
 //!
 //! Values are kept as [`Ext`] (sign+exponent word and the 64-bit significand with its
 //! explicit integer bit J). Rounding is done by `rustc_apfloat` (the Rust port of LLVM's
-//! APFloat): an operation is first computed in IEEE binary128 (`Quad`, 113-bit precision,
-//! the same 15-bit exponent range as the x87 format) with round-toward-zero, and an inexact
-//! result gets its last bit set ("round to odd"). Because 113 ≥ 64 + 2 at every exponent
-//! (both formats become subnormal at the same exponent), converting that value to the
-//! destination format with the FCW's rounding mode gives the correctly rounded result and
-//! the right overflow/underflow/inexact flags, with no double-rounding error.
+//! APFloat): an operation is first computed in [`Wide`] (an apfloat format with a 109-bit
+//! significand and a 19-bit exponent, so nothing overflows or underflows there) with
+//! round-toward-zero, and an inexact result gets its last bit set ("round to odd").
+//! Because 109 ≥ 64 + 2, converting that value to the destination format with the FCW's
+//! rounding mode gives the correctly rounded result and the right overflow, underflow and
+//! inexact flags, with no double-rounding error. Exact conversions and the series of
+//! `transcendental.rs` use binary128 (`Quad`, the x87 exponent range, 113 bits).
 //!
 //! The destination formats are apfloat semantics with the x87 exponent range and 24, 53
 //! or 64 bits of precision ([`E24S`], [`E53S`], [`E64S`]): that is precision control,
@@ -67,6 +68,16 @@ impl Semantics for E64S {
     const BITS: usize = 15 + 64;
     const EXP_BITS: usize = 15;
 }
+/// The intermediate format: 109-bit significand and a 19-bit exponent, so that no
+/// operation on x87 values overflows or underflows in it (a result that does not fit the
+/// x87 range can still be rounded correctly, or scaled by 2^±24576 for an unmasked
+/// overflow/underflow).
+pub struct WideS;
+impl Semantics for WideS {
+    const BITS: usize = 128;
+    const EXP_BITS: usize = 19;
+}
+pub type Wide = IeeeFloat<WideS>;
 type E24 = IeeeFloat<E24S>;
 type E53 = IeeeFloat<E53S>;
 type E64 = IeeeFloat<E64S>;
@@ -82,11 +93,14 @@ pub enum Prec {
     P64,
 }
 
-/// Precision and rounding control from FCW.
+/// Precision and rounding control from FCW, and whether overflow and underflow are
+/// unmasked (their results are then scaled by 2^-24576 or 2^24576 into range).
 #[derive(Clone, Copy, Debug)]
 pub struct Ctl {
     pub prec: Prec,
     pub rc: Round,
+    pub oe_unmasked: bool,
+    pub ue_unmasked: bool,
 }
 
 impl Ctl {
@@ -100,13 +114,24 @@ impl Ctl {
         Ctl {
             prec,
             rc: rounding(fcw),
+            oe_unmasked: fcw & OE == 0,
+            ue_unmasked: fcw & UE == 0,
         }
     }
-    /// Full precision with the given rounding (stores and integer results ignore PC).
-    pub fn full(rc: Round) -> Ctl {
+    /// The same with 64-bit precision (instructions that ignore PC).
+    pub fn full(self) -> Ctl {
         Ctl {
             prec: Prec::P64,
-            rc,
+            ..self
+        }
+    }
+    /// Exact conversions: 64-bit precision, all exceptions masked.
+    fn exact() -> Ctl {
+        Ctl {
+            prec: Prec::P64,
+            rc: Round::NearestTiesToEven,
+            oe_unmasked: false,
+            ue_unmasked: false,
         }
     }
 }
@@ -257,40 +282,72 @@ impl Ext {
         Quad::from_bits(bits)
     }
 
-    /// Rounds `q` to the precision and rounding of `ctl`; returns the value and the
-    /// OE/UE/PE flags, plus C1 if the magnitude was rounded up.
+    /// The exact value in the wide intermediate format.
+    pub fn to_wide(self) -> Wide {
+        self.to_quad().convert(&mut false).value
+    }
+
+    /// Rounds `q` to the precision and rounding of `ctl` (see [`Ext::from_wide`]).
     pub fn from_quad(q: Quad, ctl: Ctl) -> (Ext, u16) {
+        Ext::from_wide(q.convert(&mut false).value, ctl)
+    }
+
+    /// Rounds `w` to the precision and rounding of `ctl`; returns the value and the
+    /// OE/UE/PE flags, plus C1 if the magnitude was rounded up. With overflow (underflow)
+    /// unmasked, an out-of-range result is scaled by 2^-24576 (2^24576) first, as the
+    /// x87 does for a register destination.
+    pub fn from_wide(w: Wide, ctl: Ctl) -> (Ext, u16) {
+        let (v, mut f) = Ext::round_wide(w, ctl);
+        let finite = w.is_finite_non_zero();
+        // apfloat reports no overflow when rounding toward zero stops at the largest
+        // value; the exact value is at least 2^16384 then.
+        if finite && w.ilogb() >= 16384 {
+            f |= OE | PE;
+        }
+        // Results out of range even after that scaling become infinity or zero.
+        if f & OE != 0 && ctl.oe_unmasked {
+            if w.ilogb() >= 16384 + 24576 {
+                return (Ext::INF.with_sign(w.is_negative()), OE | PE | C1);
+            }
+            let (v, g) = Ext::round_wide(w.scalbn(-24576), ctl);
+            return (v, OE | (g & (PE | C1)));
+        }
+        if finite && w.ilogb() < -16382 && ctl.ue_unmasked {
+            if w.ilogb() < -16382 - 24576 {
+                return (Ext::ZERO.with_sign(w.is_negative()), UE | PE);
+            }
+            let (v, g) = Ext::round_wide(w.scalbn(24576), ctl);
+            return (v, UE | (g & (PE | C1)));
+        }
+        (v, f)
+    }
+
+    fn round_wide(w: Wide, ctl: Ctl) -> (Ext, u16) {
         let mut lost = false;
         let (status, v) = match ctl.prec {
             Prec::P24 => {
-                let r: StatusAnd<E24> = q.convert_r(ctl.rc, &mut lost);
+                let r: StatusAnd<E24> = w.convert_r(ctl.rc, &mut lost);
                 (r.status, unpack(r.value.to_bits(), 24))
             }
             Prec::P53 => {
-                let r: StatusAnd<E53> = q.convert_r(ctl.rc, &mut lost);
+                let r: StatusAnd<E53> = w.convert_r(ctl.rc, &mut lost);
                 (r.status, unpack(r.value.to_bits(), 53))
             }
             Prec::P64 => {
-                let r: StatusAnd<E64> = q.convert_r(ctl.rc, &mut lost);
+                let r: StatusAnd<E64> = w.convert_r(ctl.rc, &mut lost);
                 (r.status, unpack(r.value.to_bits(), 64))
             }
         };
         let mut f = status_flags(status);
-        if status.contains(Status::INEXACT) && v.to_quad().abs() > q.abs() {
+        if status.contains(Status::INEXACT) && v.to_wide().abs() > w.abs() {
             f |= C1;
-        }
-        // apfloat reports no overflow when rounding toward zero clamps to the largest
-        // value; binary128's largest value here stands for an out-of-range result (the
-        // operations clamp to it), which overflows every x87 precision.
-        if q.is_finite() && q.abs().bitwise_eq(Quad::largest()) {
-            f |= OE | PE;
         }
         (v, f)
     }
 
     /// An exactly representable binary128 value (e.g. an integer of at most 64 bits).
     pub fn from_quad_exact(q: Quad) -> Ext {
-        Ext::from_quad(q, Ctl::full(Round::NearestTiesToEven)).0
+        Ext::from_quad(q, Ctl::exact()).0
     }
 
     pub fn from_i64(v: i64) -> Ext {
@@ -457,9 +514,9 @@ fn round_flags(s: Status, rounded: Quad, exact: Quad) -> u16 {
 }
 
 /// Round-to-odd from a round-toward-zero result: an inexact value gets its last bit set.
-pub fn odd(r: StatusAnd<Quad>) -> Quad {
+pub fn odd<S: Semantics>(r: StatusAnd<IeeeFloat<S>>) -> IeeeFloat<S> {
     if r.status.contains(Status::INEXACT) && r.value.is_finite() {
-        Quad::from_bits(r.value.to_bits() | 1)
+        IeeeFloat::<S>::from_bits(r.value.to_bits() | 1)
     } else {
         r.value
     }
@@ -545,7 +602,7 @@ pub fn arith(op: Op, a: Ext, b: Ext, ctl: Ctl) -> (Ext, u16) {
         return r;
     }
     let f = denormal(&[a, b]);
-    let (qa, qb) = (a.to_quad(), b.to_quad());
+    let (qa, qb) = (a.to_wide(), b.to_wide());
     let calc = |rc| match op {
         Op::Add => qa.add_r(qb, rc),
         Op::Sub => qa.sub_r(qb, rc),
@@ -556,21 +613,18 @@ pub fn arith(op: Op, a: Ext, b: Ext, ctl: Ctl) -> (Ext, u16) {
     if r.status.contains(Status::INVALID_OP) {
         return (Ext::INDEFINITE, f | IE);
     }
-    let mut zf = if r.status.contains(Status::DIV_BY_ZERO) {
+    let zf = if r.status.contains(Status::DIV_BY_ZERO) {
         ZE
     } else {
         0
     };
-    if r.status.contains(Status::OVERFLOW) {
-        zf |= OE;
-    }
     let q = if r.value.is_zero() && !r.status.contains(Status::INEXACT) {
         // An exact zero's sign depends on the rounding mode (x + -x = -0 rounding down).
         calc(ctl.rc).value
     } else {
         odd(r)
     };
-    let (v, g) = Ext::from_quad(q, ctl);
+    let (v, g) = Ext::from_wide(q, ctl);
     (v, f | zf | g)
 }
 
@@ -598,12 +652,6 @@ pub fn normalize(a: Ext) -> (u64, i32) {
     let e = a.exp().max(1) as i32 - 16383;
     let lz = a.man.leading_zeros();
     (a.man << lz, e - lz as i32)
-}
-
-/// `m * 2^e` exactly (the value must be representable in the register format).
-pub fn exact(neg: bool, m: u128, e: i32) -> Ext {
-    let q = Quad::from_u128(m).value.scalbn(e);
-    Ext::from_quad_exact(q).with_sign(neg)
 }
 
 /// FSQRT.
@@ -688,8 +736,10 @@ pub fn scale(a: Ext, b: Ext, ctl: Ctl) -> (Ext, u16) {
             (_, true) => (Ext::ZERO.with_sign(a.neg()), f),
         };
     }
-    if matches!(ca, Class::Zero | Class::Inf) {
-        return (a, f);
+    if matches!(ca, Class::Zero | Class::Inf) || cb == Class::Zero {
+        // Scaling by ±0 leaves ST0 as it is (SDM FSCALE table), even a denormal (no
+        // underflow); a pseudo-denormal becomes canonical.
+        return (a.canonical(), f);
     }
     let n = b
         .to_quad()
@@ -698,16 +748,9 @@ pub fn scale(a: Ext, b: Ext, ctl: Ctl) -> (Ext, u16) {
         .to_i128(32)
         .value
         .clamp(-70000, 70000) as i32;
-    let q = a.to_quad();
-    let over = if q.ilogb() + n > 16383 { OE } else { 0 };
-    let s = q.scalbn_r(n, Round::TowardZero);
-    let s = if s.scalbn(-n).bitwise_eq(q) {
-        s
-    } else {
-        Quad::from_bits(s.to_bits() | 1)
-    };
-    let (v, g) = Ext::from_quad(s, ctl);
-    (v, f | g | over)
+    // Exact in the wide format (|n| is clamped far beyond any finite result).
+    let (v, g) = Ext::from_wide(a.to_wide().scalbn(n), ctl);
+    (v, f | g)
 }
 
 /// The result of FPREM/FPREM1.
@@ -726,10 +769,15 @@ pub struct Rem {
 /// rounded to nearest even). Exact. If the exponents differ by 64 or more, the reduction
 /// is partial: the quotient is taken by truncation on the top `32 + d % 32` bits and
 /// C2 = 1 asks software to loop.
-pub fn rem(a: Ext, b: Ext, nearest: bool) -> Rem {
-    let done = |value, flags| Rem {
+pub fn rem(a: Ext, b: Ext, nearest: bool, ctl: Ctl) -> Rem {
+    // An exact result m * 2^e; only a tiny one can raise (unmasked) underflow.
+    let value = |neg: bool, m: u128, e: i32| -> (Ext, u16) {
+        let w = Wide::from_u128(m).value.scalbn(e);
+        Ext::from_wide(if neg { -w } else { w }, ctl.full())
+    };
+    let done = |(value, g): (Ext, u16), flags: u16| Rem {
         value,
-        flags,
+        flags: flags | g,
         quotient: Some(0),
         partial: false,
     };
@@ -748,8 +796,12 @@ pub fn rem(a: Ext, b: Ext, nearest: bool) -> Rem {
     if ca == Class::Inf || cb == Class::Zero {
         return special(Ext::INDEFINITE, f | IE);
     }
-    if cb == Class::Inf || ca == Class::Zero {
-        return done(a.canonical(), f);
+    if ca == Class::Zero {
+        return done((a, 0), f);
+    }
+    if cb == Class::Inf {
+        // The dividend, canonical (a pseudo-denormal gets exponent 1), no underflow.
+        return done((a.canonical(), 0), f);
     }
     let (ma, ea) = normalize(a);
     let (mb, eb) = normalize(b);
@@ -760,15 +812,16 @@ pub fn rem(a: Ext, b: Ext, nearest: bool) -> Rem {
         if nearest && d == -1 && ma > mb {
             // a - b*sign: |b| - |a| in units of 2^(ea-63).
             let r = ((mb as u128) << 1) - ma as u128;
+            let (v, g) = value(!neg, r, ea - 63);
             return Rem {
-                value: exact(!neg, r, ea - 63),
-                flags: f,
+                value: v,
+                flags: f | g,
                 quotient: Some(1),
                 partial: false,
             };
         }
         // The dividend comes back in canonical form (a pseudo-denormal gets exponent 1).
-        return done(exact(neg, ma as u128, ea - 63), f);
+        return done(value(neg, ma as u128, ea - 63), f);
     }
     let (steps, partial) = if d >= 64 {
         (32 + d % 32, true)
@@ -797,14 +850,14 @@ pub fn rem(a: Ext, b: Ext, nearest: bool) -> Rem {
         q = q.wrapping_add(1);
         neg_r = !neg;
     }
-    let value = if r == 0 {
-        Ext::ZERO.with_sign(neg)
+    let (v, g) = if r == 0 {
+        (Ext::ZERO.with_sign(neg), 0)
     } else {
-        exact(neg_r, r, unit)
+        value(neg_r, r, unit)
     };
     Rem {
-        value,
-        flags: f,
+        value: v,
+        flags: f | g,
         quotient: Some(q),
         partial,
     }
@@ -838,6 +891,12 @@ mod tests {
 
     fn d(v: f64) -> Ext {
         Ext::from_f64(v.to_bits()).0
+    }
+
+    /// `m * 2^e` exactly.
+    fn exact(neg: bool, m: u128, e: i32) -> Ext {
+        let q = Quad::from_u128(m).value.scalbn(e);
+        Ext::from_quad_exact(q).with_sign(neg)
     }
 
     #[test]
@@ -904,11 +963,12 @@ mod tests {
     #[test]
     fn fprem_partial_remainder_loop() {
         // 2^100 mod 3 = 1 (2^even = 1 mod 3): needs a partial first step.
+        let c = Ctl::from_fcw(0x37f);
         let mut a = exact(false, 1, 100);
         let b = d(3.0);
         let mut rounds = 0;
         let q = loop {
-            let r = rem(a, b, false);
+            let r = rem(a, b, false, c);
             a = r.value;
             rounds += 1;
             if !r.partial {
@@ -921,9 +981,9 @@ mod tests {
         // bits are those of the full quotient.
         assert_eq!(q & 7, 0x5);
         // FPREM1 rounds the quotient: 5 rem 3 = -1 (quotient 2).
-        let r = rem(d(5.0), b, true);
+        let r = rem(d(5.0), b, true, c);
         assert_eq!((r.value, r.quotient), (d(-1.0), Some(2)));
-        let r = rem(d(-7.5), d(2.0), false);
+        let r = rem(d(-7.5), d(2.0), false, c);
         assert_eq!((r.value, r.quotient), (d(-1.5), Some(3)));
     }
 

@@ -14,15 +14,20 @@
 //! * `env.rs`: FNSTENV/FLDENV, FNSAVE/FRSTOR, FXSAVE/FXRSTOR.
 //!
 //! Exceptions: flags (IE, DE, ZE, OE, UE, PE, SF) and C0–C3 are set as the SDM defines
-//! per instruction. Masked exceptions give the SDM's default results. An unmasked one sets
-//! ES and B; for IE, DE and ZE the destination and TOP are left unchanged. The next waiting
-//! x87 instruction (or FWAIT) then raises #MF if CR0.NE = 1; with CR0.NE = 0 (the legacy
-//! FERR# interrupt, not modelled) the exception just stays pending in FSW.
+//! per instruction, and where it leaves them undefined, as this host's Intel FPU does (the
+//! differential test in `tests/diff.rs` pins that down). Masked exceptions give the SDM's
+//! default results. An unmasked one sets ES and B; IE, DE and ZE leave the destination
+//! and TOP unchanged (a load still happens with an unmasked DE), OE and UE store the
+//! result scaled by 2^∓24576 into range (memory destinations are not written). The next
+//! waiting x87 instruction (or FWAIT) then raises #MF if CR0.NE = 1; with CR0.NE = 0 (the
+//! legacy FERR# interrupt, not modelled) the exception just stays pending in FSW.
 //!
-//! Differences from hardware: unmasked overflow/underflow store the masked default result
-//! instead of the exponent-wrapped one, and underflow is reported only for inexact tiny
-//! results even when unmasked; tininess is detected after rounding with the bounded
-//! exponent (apfloat's rule); FIP/FDP/FOP are not updated.
+//! Known differences from hardware: masked underflow is detected after rounding with the
+//! bounded exponent (apfloat's rule) rather than Intel's unbounded one, which differs only
+//! for results that round up to the smallest normal; transcendental results may differ by
+//! 1 ulp (and in C1); the results of F2XM1 and FYL2XP1 outside their defined operand range
+//! follow the host only where the differential test saw them; FIP/FDP/FOP (and FCS/FDS)
+//! are not updated.
 
 mod arith;
 mod env;

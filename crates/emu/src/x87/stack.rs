@@ -8,7 +8,7 @@
 
 use iced_x86::Register;
 
-use super::float::{Ext, B, C0, C1, C2, C3, DE, ES, EXC, IE, SF, ZE};
+use super::float::{Ext, B, C0, C1, C2, C3, DE, ES, EXC, IE, OE, PE, SF, UE, ZE};
 use crate::cpu::Cpu;
 
 impl Cpu {
@@ -80,10 +80,15 @@ impl Cpu {
     /// An invalid operation or a zero divide is reported without DE, even with a denormal
     /// operand.
     pub(super) fn raise(&mut self, f: u16) -> bool {
-        let f = if f & (IE | ZE) != 0 { f & !DE } else { f };
+        let mut f = if f & (IE | ZE) != 0 { f & !DE } else { f };
+        // An unmasked pre-computation exception stops the operation: no OE/UE/PE.
+        let stop = f & (IE | DE | ZE) & !self.fpu.fcw != 0;
+        if stop {
+            f &= !(OE | UE | PE);
+        }
         self.fpu.fsw |= f & (EXC | SF);
         self.update_es();
-        f & (IE | DE | ZE) & !self.fpu.fcw != 0
+        stop
     }
 
     /// ES and B summarize the unmasked exception flags.
@@ -111,7 +116,8 @@ impl Cpu {
             return;
         }
         self.set_cc(C1, 0);
-        if !self.raise(f) {
+        // A load goes ahead even with an unmasked DE (what the hardware does).
+        if !self.raise(f) || f & IE == 0 {
             self.fpush(v);
         }
     }
@@ -119,8 +125,9 @@ impl Cpu {
     /// Writes an arithmetic result to ST(i) (C1 from the rounding) and pops if asked,
     /// unless an unmasked exception suppresses it.
     pub(super) fn result(&mut self, i: usize, v: Ext, f: u16, pop: bool) {
-        self.set_cc(C1, f & C1);
-        if self.raise(f) {
+        let stop = self.raise(f);
+        self.set_cc(C1, if stop { 0 } else { f & C1 });
+        if stop {
             return;
         }
         self.put(i, v);

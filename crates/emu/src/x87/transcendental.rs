@@ -14,10 +14,10 @@
 //! 1.2246467991473532e-16.
 
 use rustc_apfloat::ieee::Quad;
-use rustc_apfloat::{Float, Round};
+use rustc_apfloat::{Float, FloatConvert, Round};
 
 use super::float::{
-    denormal, nan_operand, nan_operands, normalize, odd, Class, Ctl, Ext, IE, PE, UE, ZE,
+    denormal, nan_operand, nan_operands, normalize, odd, Class, Ctl, Ext, Wide, IE, PE, UE, ZE,
 };
 
 /// π as binary128.
@@ -155,7 +155,15 @@ fn atan01(t: Quad) -> Quad {
 /// These results are inexact (PE, and UE if tiny) even when the binary128 value happens to
 /// be exact (e.g. tan x = x for tiny x, an underflow to 0, or log2 of a power of two).
 fn done(v: Quad, ctl: Ctl, flags: u16) -> (Ext, u16) {
-    let (e, mut f) = Ext::from_quad(v, Ctl::full(ctl.rc));
+    done_wide(wide(v), ctl, flags)
+}
+
+fn wide(v: Quad) -> Wide {
+    v.convert(&mut false).value
+}
+
+fn done_wide(v: Wide, ctl: Ctl, flags: u16) -> (Ext, u16) {
+    let (e, mut f) = Ext::from_wide(v, ctl.full());
     f |= PE;
     if e.exp() == 0 {
         f |= UE;
@@ -178,6 +186,12 @@ pub fn f2xm1(x: Ext, ctl: Ctl) -> (Ext, u16) {
     }
     if x.exp() >= 0x3fff && (x.exp(), x.man) != (0x3fff, 1 << 63) {
         return (x, f | super::float::PE);
+    }
+    if normalize(x).1 < -80 {
+        // 2^x - 1 = x ln 2 to 2^-80 relative; in the wide format so that a denormal x
+        // keeps its precision (an unmasked underflow scales the full result).
+        let p = x.to_wide().mul_r(wide(q(LN2)), Round::TowardZero);
+        return done_wide(odd(p), ctl, f);
     }
     done(expm1(mul(x.to_quad(), q(LN2))), ctl, f)
 }
@@ -219,7 +233,7 @@ pub fn fyl2x(x: Ext, y: Ext, ctl: Ctl) -> (Ext, u16) {
     }
     // Rounded toward zero and to odd so that an overflow rounds per FCW.RC below. The
     // hardware reports PE even when the product is exact (x a power of two).
-    done(odd(yq.mul_r(l, Round::TowardZero)), ctl, f)
+    done_wide(odd(wide(yq).mul_r(wide(l), Round::TowardZero)), ctl, f)
 }
 
 /// FYL2XP1: y * log2(x + 1) (defined for |x| < 1 - sqrt(2)/2).
@@ -251,11 +265,11 @@ pub fn fyl2xp1(x: Ext, y: Ext, ctl: Ctl) -> (Ext, u16) {
         // power of two so that a denormal x keeps its precision next to a large y.
         let k = -100 - ex;
         let xs = div(xq.scalbn(k), q(LN2));
-        yq.scalbn(-k).mul_r(xs, Round::TowardZero)
+        wide(yq).scalbn(-k).mul_r(wide(xs), Round::TowardZero)
     } else {
-        yq.mul_r(log2p1(xq), Round::TowardZero)
+        wide(yq).mul_r(wide(log2p1(xq)), Round::TowardZero)
     };
-    done(odd(p), ctl, f)
+    done_wide(odd(p), ctl, f)
 }
 
 /// The argument reduction of FSIN/FCOS/FSINCOS/FPTAN: None if |x| ≥ 2^63 (C2 = 1, the
@@ -390,6 +404,12 @@ pub fn fpatan(x: Ext, y: Ext, ctl: Ctl) -> (Ext, u16) {
             }
         }
         (_, Class::Inf) | (Class::Zero, _) => half_pi,
+        _ if !x.neg() && normalize(y).1 - normalize(x).1 < -80 => {
+            // atan(y/x) = y/x to 2^-160 relative; the quotient in the wide format keeps
+            // its precision when it is below the x87 range.
+            let t = y.to_wide().div_r(x.to_wide(), Round::TowardZero);
+            return done_wide(odd(t), ctl, f);
+        }
         _ => {
             let (ax, ay) = (x.to_quad().abs(), y.to_quad().abs());
             let a = if ay <= ax {
