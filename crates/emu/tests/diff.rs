@@ -1,7 +1,7 @@
-//! Differential tests: every integer instruction form (iced `Code`) of the classes the
-//! engine implements runs with seeded random registers, flags and memory on the engine and
-//! natively on the host CPU; results, flags (minus architecturally undefined ones) and
-//! memory must match bit for bit.
+//! Differential tests: every integer, SSE and x87 instruction form (iced `Code`) of the
+//! classes the engine implements runs with seeded random registers, flags, memory (and x87
+//! state) on the engine and natively on the host CPU; results, flags (minus
+//! architecturally undefined ones) and memory must match bit for bit.
 //!
 //! `EMU_DIFF_CASES` (cases per instruction form, default 40) and `EMU_DIFF_SEED` set the
 //! run; a failure prints the seed, the instruction and both states.
@@ -1520,7 +1520,8 @@ fn fx_state(fx: &[u8]) -> String {
 /// against the host FPU: ST0–7 (80 bits), FCW, FSW (C0–C3, TOP, flags), the abridged tag,
 /// GPRs, RFLAGS and memory must match bit for bit. Exceptions: transcendental results may
 /// be 1 ulp off and their C1 may differ; the FIP/FDP/FOP fields FNSTENV/FNSAVE store are
-/// not compared (the engine does not track them).
+/// not compared (the engine does not track them). A quarter of the cases unmask some
+/// exceptions (see below). 25 × `EMU_DIFF_CASES` cases per form.
 #[test]
 fn x87_instructions_match_host() {
     let seed: u64 = std::env::var("EMU_DIFF_SEED")
@@ -1531,7 +1532,7 @@ fn x87_instructions_match_host() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(40)
-        * 5;
+        * 25;
     let mut rng = StdRng::seed_from_u64(seed ^ 0x87);
     let native = Native::new(true);
     let mem = memory();

@@ -115,6 +115,15 @@ fn constant(m: M, rc: Round) -> Ext {
     Ext { se, man }
 }
 
+/// How a value for a memory store came about.
+#[derive(Clone, Copy, Debug)]
+enum Conv {
+    /// ST0 was empty: the indefinite is stored (if IE is masked).
+    Underflow,
+    /// Converted from ST0, with these exception flags (and C1).
+    Flags(u16),
+}
+
 /// Integer-operand instructions (FIADD, FILD, FICOM, ...).
 fn int_operand(m: M) -> bool {
     use M::*;
@@ -399,14 +408,14 @@ impl Cpu {
             return Ok(());
         }
         let size = ins.memory_size().size();
-        let (bytes, f): (Vec<u8>, u16) = match self.get(0) {
+        let (bytes, f): (Vec<u8>, Conv) = match self.get(0) {
             None => {
                 let v = match size {
                     4 => 0xffc0_0000u32.to_le_bytes().to_vec(),
                     8 => 0xfff8_0000_0000_0000u64.to_le_bytes().to_vec(),
                     _ => Ext::INDEFINITE.to_bytes().to_vec(),
                 };
-                (v, 0x8000)
+                (v, Conv::Underflow)
             }
             Some(v) => {
                 // Unmasked, underflow is reported for any tiny result, exact or not.
@@ -422,34 +431,34 @@ impl Cpu {
                 match size {
                     4 => {
                         let (b, f) = v.to_f32(rc);
-                        (b.to_le_bytes().to_vec(), f | tiny(-126))
+                        (b.to_le_bytes().to_vec(), Conv::Flags(f | tiny(-126)))
                     }
                     8 => {
                         let (b, f) = v.to_f64(rc);
-                        (b.to_le_bytes().to_vec(), f | tiny(-1022))
+                        (b.to_le_bytes().to_vec(), Conv::Flags(f | tiny(-1022)))
                     }
-                    _ => (v.to_bytes().to_vec(), 0),
+                    _ => (v.to_bytes().to_vec(), Conv::Flags(0)),
                 }
             }
         };
         self.store_result(io, ins, &bytes, f, pop)
     }
 
-    /// Completes a store to memory: `f` has the conversion's flags, or 0x8000 for a stack
-    /// underflow. Unmasked invalid, overflow or underflow exceptions suppress the store.
+    /// Completes a store to memory of `bytes` (the converted value, or the indefinite after
+    /// a stack underflow). Unmasked invalid, overflow or underflow exceptions suppress the
+    /// store.
     fn store_result(
         &mut self,
         io: &mut dyn Platform,
         ins: &Instruction,
         bytes: &[u8],
-        f: u16,
+        conv: Conv,
         pop: bool,
     ) -> R<()> {
         use float::{OE, SF, UE};
-        let (mut f, under) = if f == 0x8000 {
-            (IE | SF, true)
-        } else {
-            (f, false)
+        let (mut f, under) = match conv {
+            Conv::Underflow => (IE | SF, true),
+            Conv::Flags(f) => (f, false),
         };
         let blocked = f & (IE | OE | UE) & !self.fpu.fcw != 0;
         if blocked {
@@ -482,8 +491,11 @@ impl Cpu {
             1 << (size * 8 - 1)
         };
         let (val, f) = match self.get(0) {
-            None => (None, 0x8000),
-            Some(v) => v.to_int(rc, limit),
+            None => (None, Conv::Underflow),
+            Some(v) => {
+                let (val, f) = v.to_int(rc, limit);
+                (val, Conv::Flags(f))
+            }
         };
         let bytes = if bcd {
             bcd_bytes(val, self.raw(0).neg()).to_vec()
@@ -609,7 +621,7 @@ impl Cpu {
                 self.put(0, e);
                 self.fpush(s);
             }
-            _ => {
+            M::Fsin | M::Fcos | M::Fsincos | M::Fptan => {
                 let what = match m {
                     M::Fsin => TrigOp::Sin,
                     M::Fcos => TrigOp::Cos,
@@ -655,6 +667,7 @@ impl Cpu {
                     }
                 }
             }
+            _ => return Err(self.unimplemented(ins)),
         }
         Ok(())
     }
