@@ -1347,6 +1347,10 @@ const X87_CLASSES: &[M] = &[
     M::Fdisi,
     M::Fnsetpm,
     M::Fsetpm,
+    M::Fxsave,
+    M::Fxsave64,
+    M::Fxrstor,
+    M::Fxrstor64,
 ];
 
 /// Transcendental instructions: hardware is accurate to 1 ulp, so results may differ by
@@ -1474,6 +1478,17 @@ fn x87_mem(rng: &mut StdRng, m: M, ms: iced_x86::MemorySize, out: &mut [u8]) {
                 out[n + 10 * i..n + 10 * i + 10].copy_from_slice(&ext_value(rng));
             }
         }
+        S::Fxsave_512Byte | S::Fxsave64_512Byte => {
+            // FXRSTOR: a valid image (MXCSR without reserved bits); the rest random.
+            out[0..2].copy_from_slice(&random_fcw(rng).to_le_bytes());
+            let fsw = rng.gen::<u16>() & 0x7f7f;
+            out[2..4].copy_from_slice(&fsw.to_le_bytes());
+            let mxcsr = MXCSR_DEFAULT as u32 | rng.gen_range(0..4u32) << 13;
+            out[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+            for i in 0..8 {
+                out[32 + 16 * i..42 + 16 * i].copy_from_slice(&ext_value(rng));
+            }
+        }
         _ if m == M::Fldcw => out[..2].copy_from_slice(&random_fcw(rng).to_le_bytes()),
         _ => {}
     }
@@ -1518,9 +1533,10 @@ fn fx_state(fx: &[u8]) -> String {
 /// Every x87 instruction form, register and memory, with random stacks (TOP, tags and
 /// values of every class), FCW (PC, RC; exceptions masked), FSW, flags and memory,
 /// against the host FPU: ST0–7 (80 bits), FCW, FSW (C0–C3, TOP, flags), the abridged tag,
-/// GPRs, RFLAGS and memory must match bit for bit. Exceptions: transcendental results may
-/// be 1 ulp off and their C1 may differ; the FIP/FDP/FOP fields FNSTENV/FNSAVE store are
-/// not compared (the engine does not track them). A quarter of the cases unmask some
+/// GPRs, RFLAGS, XMM registers, MXCSR and memory must match bit for bit. Exceptions:
+/// transcendental results may be 1 ulp off and their C1 may differ; the FIP/FDP/FOP fields
+/// FNSTENV/FNSAVE/FXSAVE store are not compared (the engine does not track them), nor is
+/// FXSAVE's MXCSR_MASK (the engine reports no DAZ). A quarter of the cases unmask some
 /// exceptions (see below). 25 × `EMU_DIFF_CASES` cases per form.
 #[test]
 fn x87_instructions_match_host() {
@@ -1640,7 +1656,7 @@ fn x87_instructions_match_host() {
                     &mut rng,
                     m,
                     ins.memory_size(),
-                    &mut host_buf[moff..moff + 120],
+                    &mut host_buf[moff..moff + 512],
                 );
             }
             // Engine.
@@ -1691,6 +1707,8 @@ fn x87_instructions_match_host() {
             let ptrs = match ins.memory_size() {
                 S::FpuEnv14 | S::FpuState94 => 6..14,
                 S::FpuEnv28 | S::FpuState108 => 12..28,
+                // FOP, FIP, FDP, and MXCSR_MASK (the host's has DAZ).
+                S::Fxsave_512Byte | S::Fxsave64_512Byte => 6..32,
                 _ => 0..0,
             };
             if !ptrs.is_empty() {
@@ -1727,7 +1745,11 @@ fn x87_instructions_match_host() {
             let mut hg = hs.st.gpr;
             hg[3] = 0;
             hg[4] = 0;
-            bad |= eg != hg || (er.rflags & ARITH) != (hs.st.flags & ARITH) || emu_buf != *host_buf;
+            bad |= eg != hg
+                || (er.rflags & ARITH) != (hs.st.flags & ARITH)
+                || emu_buf != *host_buf
+                || er.fpu.xmm != hs.st.xmm
+                || er.fpu.mxcsr as u64 != hs.st.mxcsr;
             if bad {
                 let md: Vec<(usize, u8, u8)> = (0..BUF)
                     .filter(|&i| emu_buf[i] != host_buf[i])

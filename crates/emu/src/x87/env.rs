@@ -188,7 +188,10 @@ impl Cpu {
         }
         let img = self.fxsave_image(wide);
         let user = self.user();
-        self.write_bytes(io, lin, &img, user)
+        // Bytes 416..511 (and XMM8-15 outside 64-bit mode) are not written: software
+        // may keep data there (Linux's signal frames do).
+        let len = if self.long64() { 416 } else { 288 };
+        self.write_bytes(io, lin, &img[..len], user)
     }
 
     pub(super) fn fxrstor(
