@@ -1,16 +1,18 @@
 //! The x87 FPU: every D8–DF instruction (plus FWAIT, FXSAVE/FXRSTOR and EMMS) on the
 //! 80-bit register format.
 //!
-//! * `float.rs`: the register format, NaN rules, and correctly rounded add, subtract,
-//!   multiply, divide, square root, round-to-integer, scale, remainder (FPREM/FPREM1,
-//!   exact, including the partial remainder) and conversions. Rounding is done by
-//!   `rustc_apfloat` (binary128 intermediate rounded to odd, then rounded to the 24/53/64
-//!   bit precision of FCW.PC with FCW.RC); exact parts (FPREM, FSQRT's root, BCD) use
+//! * `ext.rs`: the register format, its classes and NaN rules, conversions, and the
+//!   rounding: `rustc_apfloat` rounds a wide-exponent intermediate (rounded to odd) to the
+//!   24/53/64-bit precision of FCW.PC with FCW.RC.
+//! * `float.rs`: correctly rounded add, subtract, multiply, divide, square root,
+//!   round-to-integer, scale, compare, and the exact remainder (FPREM/FPREM1, including
+//!   the partial remainder) and FXTRACT; exact parts (FPREM, FSQRT's root, BCD) use
 //!   integer arithmetic.
 //! * `transcendental.rs`: F2XM1, FYL2X, FYL2XP1, FSIN, FCOS, FSINCOS, FPTAN, FPATAN by
 //!   series in binary128 (see there for the accuracy and the 66-bit π reduction).
 //! * `stack.rs`: TOP, tags, push/pop, stack faults, exception flags and ES/B.
-//! * `arith.rs`: the semantics of the stack instructions, one definition each.
+//! * `arith.rs`: loads, stores, exchanges, arithmetic and comparisons on the stack;
+//!   `functions.rs`: the operations on ST0 (and ST1). One definition per instruction.
 //! * `env.rs`: FNSTENV/FLDENV, FNSAVE/FRSTOR, FXSAVE/FXRSTOR.
 //!
 //! Exceptions: flags (IE, DE, ZE, OE, UE, PE, SF) and C0–C3 are set as the SDM defines
@@ -31,7 +33,9 @@
 
 mod arith;
 mod env;
+mod ext;
 pub(crate) mod float;
+mod functions;
 mod stack;
 mod transcendental;
 
