@@ -1488,6 +1488,10 @@ fn x87_mem(rng: &mut StdRng, m: M, ms: iced_x86::MemorySize, out: &mut [u8]) {
             for i in 0..8 {
                 out[32 + 16 * i..42 + 16 * i].copy_from_slice(&ext_value(rng));
             }
+            // FIP canonical for 48 address bits, so hosts with 5-level paging (57)
+            // agree with the engine's 48.
+            let fip = ((rng.gen::<u64>() << 16) as i64 >> 16) as u64;
+            out[8..16].copy_from_slice(&fip.to_le_bytes());
         }
         _ if m == M::Fldcw => out[..2].copy_from_slice(&random_fcw(rng).to_le_bytes()),
         _ => {}
@@ -1534,10 +1538,10 @@ fn fx_state(fx: &[u8]) -> String {
 /// values of every class), FCW (PC, RC; exceptions masked), FSW, flags and memory,
 /// against the host FPU: ST0–7 (80 bits), FCW, FSW (C0–C3, TOP, flags), the abridged tag,
 /// GPRs, RFLAGS, XMM registers, MXCSR and memory must match bit for bit. Exceptions:
-/// transcendental results may be 1 ulp off and their C1 may differ; the FIP/FDP/FOP fields
-/// FNSTENV/FNSAVE/FXSAVE store are not compared (the engine does not track them), nor is
-/// FXSAVE's MXCSR_MASK (the engine reports no DAZ). A quarter of the cases unmask some
-/// exceptions (see below). 25 × `EMU_DIFF_CASES` cases per form.
+/// transcendental results may be 1 ulp off and their C1 may differ; FIP and FDP are
+/// compared relative to the instruction and the buffer (they are addresses); FXSAVE's
+/// MXCSR_MASK is not compared (the engine reports no DAZ). A quarter of the cases unmask
+/// some exceptions (see below). 25 × `EMU_DIFF_CASES` cases per form.
 #[test]
 fn x87_instructions_match_host() {
     let seed: u64 = std::env::var("EMU_DIFF_SEED")
@@ -1702,13 +1706,11 @@ fn x87_instructions_match_host() {
             for i in 0..8 {
                 efx[32 + 16 * i..42 + 16 * i].copy_from_slice(&er.fpu.st[i][..10]);
             }
-            // Pointer fields of a stored environment are not modelled.
+            // FXSAVE's MXCSR_MASK differs (the host's has DAZ). (Stored pointer fields
+            // compare as they are: control instructions store what the prologue loaded.)
             use iced_x86::MemorySize as S;
             let ptrs = match ins.memory_size() {
-                S::FpuEnv14 | S::FpuState94 => 6..14,
-                S::FpuEnv28 | S::FpuState108 => 12..28,
-                // FOP, FIP, FDP, and MXCSR_MASK (the host's has DAZ).
-                S::Fxsave_512Byte | S::Fxsave64_512Byte => 6..32,
+                S::Fxsave_512Byte | S::Fxsave64_512Byte => 28..32,
                 _ => 0..0,
             };
             if !ptrs.is_empty() {
@@ -1745,7 +1747,34 @@ fn x87_instructions_match_host() {
             let mut hg = hs.st.gpr;
             hg[3] = 0;
             hg[4] = 0;
-            bad |= eg != hg
+            // FOP, FIP and FDP: FIP relative to the instruction and FDP to the buffer
+            // (they are addresses), unless loaded from memory as they are.
+            let h = &hs.fx;
+            let q = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+            let (hfop, hfip, hfdp) = (u16::from_le_bytes([h[6], h[7]]), q(8), q(16));
+            let loaded = matches!(m, M::Fldenv | M::Frstor | M::Fxrstor | M::Fxrstor64);
+            let rel = |e: u64, h: u64, ebase: u64, hbase: u64| {
+                if loaded || (e == 0 && h == 0) {
+                    e == h
+                } else {
+                    e.wrapping_sub(ebase) == h.wrapping_sub(hbase)
+                }
+            };
+            let slot_addr = native.mem as u64 + native.slot as u64;
+            let ptrs_ok = er.fpu.fop == hfop
+                && rel(er.fpu.fip, hfip, CODE, slot_addr)
+                && rel(er.fpu.fdp, hfdp, DATA, host_buf.as_ptr() as u64);
+            if !ptrs_ok {
+                eprintln!(
+                    "pointers: emu fop {:#x} fip {:#x} fdp {:#x}; host fop {hfop:#x} fip {hfip:#x} (slot {slot_addr:#x}) fdp {hfdp:#x} (buffer {:#x})",
+                    er.fpu.fop,
+                    er.fpu.fip,
+                    er.fpu.fdp,
+                    host_buf.as_ptr() as u64
+                );
+            }
+            bad |= !ptrs_ok
+                || eg != hg
                 || (er.rflags & ARITH) != (hs.st.flags & ARITH)
                 || emu_buf != *host_buf
                 || er.fpu.xmm != hs.st.xmm

@@ -3,8 +3,8 @@
 //! layout), FNSAVE/FRSTOR (environment plus the eight registers in stack order) and
 //! FXSAVE/FXRSTOR (the 512-byte image with the abridged tag byte).
 //!
-//! The engine does not track the last instruction and operand pointers (FIP/FDP/FOP and
-//! their selectors): they are stored as kept in `FpuState` (zero unless restored).
+//! The last instruction and operand pointers (FIP, FDP, FOP; see `mod.rs` for when they
+//! change) are stored with zero selectors (FCS/FDS are deprecated on current CPUs).
 
 use iced_x86::{Instruction, MemorySize};
 
@@ -245,14 +245,16 @@ impl Cpu {
         f.fcw = u16::from_le_bytes([b[0], b[1]]);
         f.fsw = u16::from_le_bytes([b[2], b[3]]);
         f.ftw = b[4];
-        f.fop = u16::from_le_bytes([b[6], b[7]]);
+        f.fop = u16::from_le_bytes([b[6], b[7]]) & 0x7ff;
         let u64at = |o: usize| {
             let mut x = [0u8; 8];
             x.copy_from_slice(&b[o..o + 8]);
             u64::from_le_bytes(x)
         };
         if wide {
-            f.fip = u64at(8);
+            // FIP is an instruction address: canonical (48 linear-address bits, CPUID
+            // 0x80000008); FDP is kept as stored.
+            f.fip = ((u64at(8) << 16) as i64 >> 16) as u64;
             f.fdp = u64at(16);
         } else {
             f.fip = u64at(8) & 0xffff_ffff;

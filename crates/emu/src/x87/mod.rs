@@ -28,8 +28,8 @@
 //! bounded exponent (apfloat's rule) rather than Intel's unbounded one, which differs only
 //! for results that round up to the smallest normal; transcendental results may differ by
 //! 1 ulp (and in C1); the results of F2XM1 and FYL2XP1 outside their defined operand range
-//! follow the host only where the differential test saw them; FIP/FDP/FOP (and FCS/FDS)
-//! are not updated.
+//! follow the host only where the differential test saw them; with CR0.NE = 0 and an
+//! exception already pending, a second unmasked exception does not update FOP/FDP.
 
 mod arith;
 mod env;
@@ -51,6 +51,36 @@ pub const MXCSR_MASK: u32 = 0xffbf;
 
 /// CR0.NE: native x87 error reporting (#MF).
 const CR0_NE: u64 = 1 << 5;
+
+/// Control instructions: they leave FIP/FOP/FDP alone.
+fn control(m: M) -> bool {
+    use M::*;
+    matches!(
+        m,
+        Fninit
+            | Finit
+            | Fnclex
+            | Fclex
+            | Fldcw
+            | Fnstcw
+            | Fstcw
+            | Fnstsw
+            | Fstsw
+            | Fnstenv
+            | Fstenv
+            | Fldenv
+            | Fnsave
+            | Fsave
+            | Frstor
+            | Emms
+            | Fneni
+            | Feni
+            | Fndisi
+            | Fdisi
+            | Fnsetpm
+            | Fsetpm
+    )
+}
 
 pub fn handles(m: M) -> bool {
     use M::*;
@@ -126,6 +156,39 @@ impl Cpu {
         if !no_wait {
             self.pending_mf()?;
         }
+        let es_before = self.fpu.fsw & ES;
+        self.x87_dispatch(io, ins)?;
+        if !fx && !control(m) {
+            self.last_instruction(ins, es_before);
+        }
+        Ok(())
+    }
+
+    /// FIP, FOP and FDP after a non-control instruction, as this host's Intel FPU keeps
+    /// them: FIP always (the instruction's offset, FCS/FDS deprecated and zero), FOP and FDP
+    /// (FDP_EXCPTN_ONLY) only when the instruction raised an unmasked exception.
+    fn last_instruction(&mut self, ins: &Instruction, es_before: u16) {
+        self.fpu.fip = self.rip;
+        if es_before != 0 || self.fpu.fsw & ES == 0 {
+            return;
+        }
+        // FOP: the low three bits of the D8-DF opcode byte and the ModR/M byte.
+        let lin = self.seg[crate::cpu::CS].base.wrapping_add(self.rip);
+        let n = ins.len() as u64;
+        let bytes: Vec<u8> = (0..n)
+            .filter_map(|i| self.peek_code_byte(lin.wrapping_add(i)))
+            .collect();
+        if let Some(p) = bytes.iter().position(|b| b & 0xf8 == 0xd8) {
+            let modrm = bytes.get(p + 1).copied().unwrap_or(0);
+            self.fpu.fop = (((bytes[p] & 7) as u16) << 8) | modrm as u16;
+        }
+        if ins.op_count() > 0 && ins.op0_kind() == iced_x86::OpKind::Memory {
+            self.fpu.fdp = self.ea(ins);
+        }
+    }
+
+    fn x87_dispatch(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        let m = ins.mnemonic();
         let user = self.user();
         match m {
             M::Fninit | M::Finit => self.fninit(),
