@@ -13,6 +13,7 @@ pub const NP: u8 = 11;
 pub const SS: u8 = 12;
 pub const GP: u8 = 13;
 pub const PF: u8 = 14;
+pub const MF: u8 = 16;
 
 /// A pending exception: vector and optional error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

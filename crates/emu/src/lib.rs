@@ -25,7 +25,8 @@
 //!   that unwind to the block loop and are delivered through the IVT/IDT (TSS stack switch,
 //!   IST), escalating to #DF and triple fault (`Exit::Shutdown`).
 //! - **Segments** (`segments.rs`), **MSRs** (`msr.rs`), **CPUID** (`cpuid.rs`), and the
-//!   separable **x87** (`x87.rs`) and **SSE** (`sse.rs`) units.
+//!   separable **x87** (`x87/`: 80-bit arithmetic on `rustc_apfloat`, all D8–DF
+//!   instructions) and **SSE** (`sse.rs`) units.
 //!
 //! Why hand-written: iced-x86 decodes but does not execute, and no maintained Rust crate
 //! executes x86-64 system code (paging, privilege changes, interrupts) at this level.

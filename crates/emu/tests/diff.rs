@@ -1,7 +1,7 @@
-//! Differential tests: every integer instruction form (iced `Code`) of the classes the
-//! engine implements runs with seeded random registers, flags and memory on the engine and
-//! natively on the host CPU; results, flags (minus architecturally undefined ones) and
-//! memory must match bit for bit.
+//! Differential tests: every integer, SSE and x87 instruction form (iced `Code`) of the
+//! classes the engine implements runs with seeded random registers, flags, memory (and x87
+//! state) on the engine and natively on the host CPU; results, flags (minus
+//! architecturally undefined ones) and memory must match bit for bit.
 //!
 //! `EMU_DIFF_CASES` (cases per instruction form, default 40) and `EMU_DIFF_SEED` set the
 //! run; a failure prints the seed, the instruction and both states.
@@ -42,6 +42,16 @@ struct St {
 const MXCSR_DEFAULT: u64 = 0x1f80;
 
 const XMM_OFF: i32 = 144;
+/// Offset of the FXSAVE image in [`XSt`].
+const FX_OFF: i32 = 400;
+
+/// Register state plus the x87/SSE state as an FXSAVE image, for the x87 test.
+#[repr(C, align(16))]
+#[derive(Clone, Copy)]
+struct XSt {
+    st: St,
+    fx: [u8; 512],
+}
 
 /// An executable buffer with prologue (load registers and flags from *rdi), a 32-byte
 /// slot for the instruction under test, and an epilogue (store them back).
@@ -51,7 +61,9 @@ struct Native {
 }
 
 impl Native {
-    fn new() -> Self {
+    /// With `x87`, the prologue also loads the whole x87 state from the FXSAVE image
+    /// after the `St` ([`XSt`]) and the epilogue saves it there and resets the FPU.
+    fn new(x87: bool) -> Self {
         // SAFETY: anonymous private mapping, checked for failure.
         let mem = unsafe {
             libc::mmap(
@@ -70,6 +82,9 @@ impl Native {
             a.stmxcsr(dword_ptr(rsp)).unwrap();
             for r in [rbx, rbp, r12, r13, r14, r15, rdi] {
                 a.push(r).unwrap();
+            }
+            if x87 {
+                a.fxrstor64(ptr(rdi + FX_OFF)).unwrap();
             }
             a.mov(rax, qword_ptr(rdi + 128)).unwrap();
             a.push(rax).unwrap();
@@ -94,6 +109,10 @@ impl Native {
         let epi = asm64(base + slot as u64 + 32, |a| {
             a.push(rdi).unwrap();
             a.mov(rdi, qword_ptr(rsp + 8)).unwrap();
+            if x87 {
+                a.fxsave64(ptr(rdi + FX_OFF)).unwrap();
+                a.fninit().unwrap();
+            }
             let regs = [
                 rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15,
             ];
@@ -134,16 +153,27 @@ impl Native {
         }
     }
 
+    fn run_x87(&self, code: &[u8], st: &mut XSt) {
+        assert_eq!(std::mem::offset_of!(XSt, fx), FX_OFF as usize);
+        self.run_ptr(code, st as *mut XSt as *mut u8);
+    }
+
     fn run(&self, code: &[u8], st: &mut St) {
+        self.run_ptr(code, st as *mut St as *mut u8);
+    }
+
+    fn run_ptr(&self, code: &[u8], st: *mut u8) {
         assert!(code.len() <= 32);
         // SAFETY: the slot is 32 bytes inside our RWX mapping; the code under test only
         // touches registers and the memory buffer rbx points at (the generator guarantees
-        // it), and the prologue/epilogue preserve the callee-saved registers.
+        // it), and the prologue/epilogue preserve the callee-saved registers. `st` points
+        // at a `St` (or an `XSt`, 16-byte aligned, when the x87 prologue reads and writes
+        // its FXSAVE image; the epilogue then leaves the FPU initialized).
         unsafe {
             std::ptr::write_bytes(self.mem.add(self.slot), 0x90, 32);
             std::ptr::copy_nonoverlapping(code.as_ptr(), self.mem.add(self.slot), code.len());
-            let f: extern "C" fn(*mut St) = std::mem::transmute(self.mem);
-            f(st as *mut St);
+            let f: extern "C" fn(*mut u8) = std::mem::transmute(self.mem);
+            f(st);
         }
     }
 }
@@ -902,7 +932,7 @@ fn run_diff(classes: &[M], min_forms: usize) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
     let mut rng = StdRng::seed_from_u64(seed);
-    let native = Native::new();
+    let native = Native::new(false);
     let mem = memory();
     setup_long_mode(&mem);
     let mut cpu = Cpu::new(&mem);
@@ -1092,7 +1122,7 @@ fn string_instructions_match_host() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
     let mut rng = StdRng::seed_from_u64(seed ^ 0x57);
-    let native = Native::new();
+    let native = Native::new(false);
     let mem = memory();
     setup_long_mode(&mem);
     let mut cpu = Cpu::new(&mem);
@@ -1212,4 +1242,570 @@ fn string_instructions_match_host() {
         }
     }
     eprintln!("string differential: {total} cases");
+}
+
+/// The x87 instructions the differential test runs (every form of each).
+const X87_CLASSES: &[M] = &[
+    M::Fld,
+    M::Fild,
+    M::Fbld,
+    M::Fld1,
+    M::Fldl2t,
+    M::Fldl2e,
+    M::Fldpi,
+    M::Fldlg2,
+    M::Fldln2,
+    M::Fldz,
+    M::Fst,
+    M::Fstp,
+    M::Fist,
+    M::Fistp,
+    M::Fisttp,
+    M::Fbstp,
+    M::Fxch,
+    M::Fcmovb,
+    M::Fcmove,
+    M::Fcmovbe,
+    M::Fcmovu,
+    M::Fcmovnb,
+    M::Fcmovne,
+    M::Fcmovnbe,
+    M::Fcmovnu,
+    M::Fadd,
+    M::Faddp,
+    M::Fiadd,
+    M::Fsub,
+    M::Fsubp,
+    M::Fisub,
+    M::Fsubr,
+    M::Fsubrp,
+    M::Fisubr,
+    M::Fmul,
+    M::Fmulp,
+    M::Fimul,
+    M::Fdiv,
+    M::Fdivp,
+    M::Fidiv,
+    M::Fdivr,
+    M::Fdivrp,
+    M::Fidivr,
+    M::Fcom,
+    M::Fcomp,
+    M::Fcompp,
+    M::Fucom,
+    M::Fucomp,
+    M::Fucompp,
+    M::Ficom,
+    M::Ficomp,
+    M::Fcomi,
+    M::Fcomip,
+    M::Fucomi,
+    M::Fucomip,
+    M::Ftst,
+    M::Fxam,
+    M::Fchs,
+    M::Fabs,
+    M::Fsqrt,
+    M::Frndint,
+    M::Fscale,
+    M::Fxtract,
+    M::Fprem,
+    M::Fprem1,
+    M::F2xm1,
+    M::Fyl2x,
+    M::Fyl2xp1,
+    M::Fptan,
+    M::Fpatan,
+    M::Fsin,
+    M::Fcos,
+    M::Fsincos,
+    M::Fninit,
+    M::Finit,
+    M::Fnstcw,
+    M::Fstcw,
+    M::Fldcw,
+    M::Fnstsw,
+    M::Fstsw,
+    M::Fnclex,
+    M::Fclex,
+    M::Fnstenv,
+    M::Fstenv,
+    M::Fldenv,
+    M::Fnsave,
+    M::Fsave,
+    M::Frstor,
+    M::Fnop,
+    M::Fdecstp,
+    M::Fincstp,
+    M::Ffree,
+    M::Ffreep,
+    M::Wait,
+    M::Fstpnce,
+    M::Fneni,
+    M::Feni,
+    M::Fndisi,
+    M::Fdisi,
+    M::Fnsetpm,
+    M::Fsetpm,
+    M::Fxsave,
+    M::Fxsave64,
+    M::Fxrstor,
+    M::Fxrstor64,
+];
+
+/// Transcendental instructions: hardware is accurate to 1 ulp, so results may differ by
+/// one unit in the last place and C1 (rounded up) may differ.
+fn transcendental(m: M) -> bool {
+    matches!(
+        m,
+        M::F2xm1 | M::Fyl2x | M::Fyl2xp1 | M::Fptan | M::Fpatan | M::Fsin | M::Fcos | M::Fsincos
+    )
+}
+
+/// A random 80-bit value: zeros, infinities, NaNs, denormals, huge and tiny exponents,
+/// small integers, ordinary numbers, and now and then an unsupported encoding.
+fn ext_value(rng: &mut StdRng) -> [u8; 10] {
+    const J: u64 = 1 << 63;
+    let sign: u16 = if rng.gen_bool(0.5) { 0x8000 } else { 0 };
+    let (e, m): (u16, u64) = match rng.gen_range(0..16) {
+        0 => (0, 0),
+        1 => (0x7fff, J),
+        2 => (
+            0x7fff,
+            J | 1 << 62 | (rng.gen::<u64>() >> rng.gen_range(2..64)),
+        ),
+        3 => (0x7fff, J | (rng.gen::<u64>() >> 2).max(1)),
+        4 => (0, rng.gen::<u64>() >> rng.gen_range(1..64)),
+        5 => (0x7fff - rng.gen_range(1..40), J | rng.gen::<u64>()),
+        6 => (rng.gen_range(1..40), J | rng.gen::<u64>()),
+        7 => {
+            let v = rng.gen_range(1..1000u64);
+            let lz = v.leading_zeros();
+            (0x3fff + 63 - lz as u16, v << lz)
+        }
+        8 => (
+            0x3fff + rng.gen_range(0..2),
+            J | (rng.gen::<u64>() >> rng.gen_range(1..64)),
+        ),
+        9 => match rng.gen_range(0..3) {
+            0 => (rng.gen_range(1..0x7fff), rng.gen::<u64>() >> 1),
+            1 => (0, J | rng.gen::<u64>()),
+            _ => (0x7fff, rng.gen::<u64>() >> 1),
+        },
+        10 => (0x3fff - rng.gen_range(1..70), J | rng.gen::<u64>()),
+        11 => (0x3fff + rng.gen_range(0..70), J | rng.gen::<u64>()),
+        12 => (0x3fff + rng.gen_range(60..70), J | rng.gen::<u64>()),
+        _ => (rng.gen_range(0x3f00..0x4100), J | rng.gen::<u64>()),
+    };
+    let mut b = [0u8; 10];
+    b[..8].copy_from_slice(&m.to_le_bytes());
+    b[8..].copy_from_slice(&(sign | e).to_le_bytes());
+    b
+}
+
+fn f64_value(rng: &mut StdRng) -> u64 {
+    let v = match rng.gen_range(0..8) {
+        0 => 0,
+        1 => 0x7ff0_0000_0000_0000,
+        2 => 0x7ff0_0000_0000_0000 | rng.gen_range(1..1u64 << 52),
+        3 => rng.gen_range(1..1u64 << 52),
+        4 => (rng.gen_range(-1000i64..1000) as f64 / 4.0).to_bits(),
+        _ => rng.gen::<u64>() & !(1 << 63),
+    };
+    v | if rng.gen_bool(0.5) { 1 << 63 } else { 0 }
+}
+
+fn f32_value(rng: &mut StdRng) -> u32 {
+    let v = match rng.gen_range(0..8) {
+        0 => 0,
+        1 => 0x7f80_0000,
+        2 => 0x7f80_0000 | rng.gen_range(1..1u32 << 23),
+        3 => rng.gen_range(1..1u32 << 23),
+        4 => (rng.gen_range(-1000i32..1000) as f32 / 4.0).to_bits(),
+        _ => rng.gen::<u32>() & !(1 << 31),
+    };
+    v | if rng.gen_bool(0.5) { 1 << 31 } else { 0 }
+}
+
+/// FCW with all exceptions masked and random precision (not the reserved 01) and rounding.
+fn random_fcw(rng: &mut StdRng) -> u16 {
+    let pc = [0u16, 2, 3][rng.gen_range(0..3)];
+    0x7f | pc << 8 | rng.gen_range(0..4u16) << 10
+}
+
+/// Memory contents for an x87 memory operand of `size` bytes, by what the instruction
+/// reads there.
+fn x87_mem(rng: &mut StdRng, m: M, ms: iced_x86::MemorySize, out: &mut [u8]) {
+    use iced_x86::MemorySize as S;
+    let int = |rng: &mut StdRng| -> i64 {
+        match rng.gen_range(0..4) {
+            0 => rng.gen_range(-100..100),
+            1 => rng.gen::<i16>() as i64,
+            2 => rng.gen::<i32>() as i64,
+            _ => rng.gen(),
+        }
+    };
+    let env = |rng: &mut StdRng, out: &mut [u8], small: bool| {
+        let fcw = random_fcw(rng);
+        let fsw = rng.gen::<u16>() & 0x7f7f;
+        let tag = rng.gen::<u16>();
+        let w = if small { 2 } else { 4 };
+        out[0..2].copy_from_slice(&fcw.to_le_bytes());
+        out[w..w + 2].copy_from_slice(&fsw.to_le_bytes());
+        out[2 * w..2 * w + 2].copy_from_slice(&tag.to_le_bytes());
+    };
+    match ms {
+        S::Float32 => out[..4].copy_from_slice(&f32_value(rng).to_le_bytes()),
+        S::Float64 => out[..8].copy_from_slice(&f64_value(rng).to_le_bytes()),
+        S::Float80 => out[..10].copy_from_slice(&ext_value(rng)),
+        S::Int16 => out[..2].copy_from_slice(&(int(rng) as i16).to_le_bytes()),
+        S::Int32 => out[..4].copy_from_slice(&(int(rng) as i32).to_le_bytes()),
+        S::Int64 => out[..8].copy_from_slice(&int(rng).to_le_bytes()),
+        S::Bcd => {
+            for b in out[..9].iter_mut() {
+                *b = rng.gen_range(0..10) << 4 | rng.gen_range(0..10);
+            }
+            let n = rng.gen_range(0..9);
+            out[n..9].fill(0);
+            out[9] = if rng.gen_bool(0.5) { 0x80 } else { 0 };
+        }
+        S::FpuEnv14 | S::FpuEnv28 => env(rng, out, ms == S::FpuEnv14),
+        S::FpuState94 | S::FpuState108 => {
+            let small = ms == S::FpuState94;
+            env(rng, out, small);
+            let n = if small { 14 } else { 28 };
+            for i in 0..8 {
+                out[n + 10 * i..n + 10 * i + 10].copy_from_slice(&ext_value(rng));
+            }
+        }
+        S::Fxsave_512Byte | S::Fxsave64_512Byte => {
+            // FXRSTOR: a valid image (MXCSR without reserved bits); the rest random.
+            out[0..2].copy_from_slice(&random_fcw(rng).to_le_bytes());
+            let fsw = rng.gen::<u16>() & 0x7f7f;
+            out[2..4].copy_from_slice(&fsw.to_le_bytes());
+            let mxcsr = MXCSR_DEFAULT as u32 | rng.gen_range(0..4u32) << 13;
+            out[24..28].copy_from_slice(&mxcsr.to_le_bytes());
+            for i in 0..8 {
+                out[32 + 16 * i..42 + 16 * i].copy_from_slice(&ext_value(rng));
+            }
+            // FIP canonical for 48 address bits, so hosts with 5-level paging (57)
+            // agree with the engine's 48.
+            let fip = ((rng.gen::<u64>() << 16) as i64 >> 16) as u64;
+            out[8..16].copy_from_slice(&fip.to_le_bytes());
+        }
+        _ if m == M::Fldcw => out[..2].copy_from_slice(&random_fcw(rng).to_le_bytes()),
+        _ => {}
+    }
+}
+
+/// Position of an 80-bit value on the number line of its sign (consecutive values differ
+/// by one), for the 1-ulp tolerance.
+fn ulp_index(b: &[u8]) -> (bool, u16, i128) {
+    let m = u64::from_le_bytes(b[..8].try_into().unwrap());
+    let se = u16::from_le_bytes([b[8], b[9]]);
+    let e = se & 0x7fff;
+    let idx = if e == 0 {
+        m as i128
+    } else {
+        ((e as i128) << 63) | (m & !(1 << 63)) as i128
+    };
+    (se & 0x8000 != 0, e, idx)
+}
+
+fn close(a: &[u8], b: &[u8]) -> bool {
+    let (sa, ea, ia) = ulp_index(a);
+    let (sb, eb, ib) = ulp_index(b);
+    a == b || (sa == sb && ea != 0x7fff && eb != 0x7fff && (ia - ib).abs() <= 1)
+}
+
+fn fx_state(fx: &[u8]) -> String {
+    let mut s = format!(
+        "fcw {:04x} fsw {:04x} (top {}) ftw {:02x}",
+        u16::from_le_bytes([fx[0], fx[1]]),
+        u16::from_le_bytes([fx[2], fx[3]]),
+        (u16::from_le_bytes([fx[2], fx[3]]) >> 11) & 7,
+        fx[4]
+    );
+    for i in 0..8 {
+        let r = &fx[32 + 16 * i..42 + 16 * i];
+        let m = u64::from_le_bytes(r[..8].try_into().unwrap());
+        s += &format!(" st{i}={:04x}:{m:016x}", u16::from_le_bytes([r[8], r[9]]));
+    }
+    s
+}
+
+/// Every x87 instruction form, register and memory, with random stacks (TOP, tags and
+/// values of every class), FCW (PC, RC; exceptions masked), FSW, flags and memory,
+/// against the host FPU: ST0–7 (80 bits), FCW, FSW (C0–C3, TOP, flags), the abridged tag,
+/// GPRs, RFLAGS, XMM registers, MXCSR and memory must match bit for bit. Exceptions:
+/// transcendental results may be 1 ulp off and their C1 may differ; FIP and FDP are
+/// compared relative to the instruction and the buffer (they are addresses); FXSAVE's
+/// MXCSR_MASK is not compared (the engine reports no DAZ). A quarter of the cases unmask
+/// some exceptions (see below). 25 × `EMU_DIFF_CASES` cases per form.
+#[test]
+fn x87_instructions_match_host() {
+    let seed: u64 = std::env::var("EMU_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let cases: usize = std::env::var("EMU_DIFF_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40)
+        * 25;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x87);
+    let native = Native::new(true);
+    let mem = memory();
+    setup_long_mode(&mem);
+    let mut cpu = Cpu::new(&mem);
+    let mut plat = TestPlatform::default();
+    let mut host_store = vec![0u128; BUF / 16];
+    // SAFETY: viewing a u128 vector as bytes.
+    let host_buf: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(host_store.as_mut_ptr() as *mut u8, BUF) };
+    let (mut forms, mut tested, mut ulp_off) = (0usize, 0usize, 0usize);
+    for code in Code::values() {
+        let oc = code.op_code();
+        if oc.encoding() != iced_x86::EncodingKind::Legacy
+            || !oc.mode64()
+            || !X87_CLASSES.contains(&oc.mnemonic())
+        {
+            continue;
+        }
+        let m = oc.mnemonic();
+        let mut ran = 0;
+        for _ in 0..cases {
+            let mut ops = Vec::new();
+            for &k in oc.op_kinds() {
+                ops.push(match k {
+                    K::st0 => Op::R(Register::ST0),
+                    K::sti_opcode => {
+                        Op::R(unsafe_reg(Register::ST0 as usize + rng.gen_range(0..8)))
+                    }
+                    K::mem => Op::Mem,
+                    K::ax => Op::R(Register::AX),
+                    _ => panic!("{code:?}: operand kind {k:?}"),
+                });
+            }
+            let disp = rng.gen_range(0..8) * 16;
+            let Some(ins) = build(code, &ops, disp) else {
+                continue;
+            };
+            let mut enc = Encoder::new(64);
+            if enc.encode(&ins, CODE).is_err() {
+                continue;
+            }
+            let bytes = enc.take_buffer();
+            // Inputs: registers, flags, memory, and the x87 state as an FXSAVE image.
+            let mut st = XSt {
+                st: St {
+                    gpr: [0; 16],
+                    flags: (rng.gen::<u64>() & ARITH) | 2,
+                    mxcsr: MXCSR_DEFAULT,
+                    xmm: [0; 16],
+                },
+                fx: [0; 512],
+            };
+            for g in st.st.gpr.iter_mut() {
+                *g = interesting(&mut rng);
+            }
+            // A quarter of the cases unmask some of IE, DE, ZE and PE; the input flags are
+            // then only masked ones, so nothing is pending (no #MF natively: the epilogue's
+            // FXSAVE and FNINIT do not wait) and an exception the instruction raises shows
+            // up as ES/B and a suppressed result.
+            let mut fcw = random_fcw(&mut rng);
+            if rng.gen_bool(0.25) {
+                fcw &= !(rng.gen::<u16>() & 0x3f);
+            }
+            let top = rng.gen_range(0..8u16);
+            let fsw = (rng.gen::<u16>() & 0x473f & !(!fcw & 0x3f)) | top << 11;
+            let ftw: u8 = match rng.gen_range(0..4) {
+                0 => 0xff,
+                1 => 0,
+                _ => rng.gen(),
+            };
+            st.st.xmm.iter_mut().for_each(|x| *x = xmm_value(&mut rng));
+            let fx = &mut st.fx;
+            fx[0..2].copy_from_slice(&fcw.to_le_bytes());
+            fx[2..4].copy_from_slice(&fsw.to_le_bytes());
+            fx[4] = ftw;
+            fx[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+            fx[28..32].copy_from_slice(&0xffffu32.to_le_bytes());
+            for i in 0..8 {
+                let v = ext_value(&mut rng);
+                fx[32 + 16 * i..42 + 16 * i].copy_from_slice(&v);
+            }
+            // Keep ST0 mostly inside the defined domain of F2XM1 (outside it the engine
+            // returns the operand like the host) and always inside that of FYL2XP1
+            // (|x| < 1 - sqrt(2)/2; outside the result is undefined) if finite nonzero.
+            let e0 = u16::from_le_bytes([fx[40], fx[41]]) & 0x7fff;
+            let out_of_domain = e0 != 0 && e0 != 0x7fff && e0 >= 0x3ffd;
+            if (m == M::F2xm1 && rng.gen_bool(0.8)) || (m == M::Fyl2xp1 && out_of_domain) {
+                let r = rng.gen_range(1..40u16);
+                let e = if m == M::F2xm1 {
+                    0x4000 - r
+                } else {
+                    0x3ffd - r
+                };
+                let v = (1u64 << 63) | rng.gen::<u64>();
+                let v = if e == 0x3fff { 1 << 63 } else { v };
+                let sign = if rng.gen_bool(0.5) { 0x8000u16 } else { 0 };
+                fx[32..40].copy_from_slice(&v.to_le_bytes());
+                fx[40..42].copy_from_slice(&(sign | e).to_le_bytes());
+            }
+            rng.fill(&mut host_buf[..]);
+            let moff = (MEM_OFF + disp) as usize;
+            if ins.op_count() > 0 && ins.op0_kind() == iced_x86::OpKind::Memory {
+                x87_mem(
+                    &mut rng,
+                    m,
+                    ins.memory_size(),
+                    &mut host_buf[moff..moff + 512],
+                );
+            }
+            // Engine.
+            mem.write_slice(host_buf, GuestAddress(DATA)).unwrap();
+            let mut regs = long_mode_regs(CODE);
+            regs.gpr = st.st.gpr;
+            regs.gpr[3] = DATA;
+            regs.gpr[4] = KSTACK_TOP;
+            regs.rflags = st.st.flags;
+            regs.fpu.xmm = st.st.xmm;
+            regs.fpu.fcw = fcw;
+            regs.fpu.fsw = fsw;
+            regs.fpu.ftw = ftw;
+            for i in 0..8 {
+                regs.fpu.st[i] = [0; 16];
+                regs.fpu.st[i][..10].copy_from_slice(&st.fx[32 + 16 * i..42 + 16 * i]);
+            }
+            let mut prog = bytes.clone();
+            prog.push(0xf4);
+            cpu.ram().write_phys(CODE, &prog);
+            cpu.set_regs(&regs);
+            plat.outs.clear();
+            let exit = run_to_halt(&mut cpu, &mut plat);
+            assert_eq!(exit, Exit::Halted, "{ins} did not halt");
+            let input = fx_state(&st.fx);
+            assert!(
+                vectors(&plat).is_empty(),
+                "{ins} ({code:?}, bytes {bytes:02x?}, seed {seed}): exception {:?}\n in   {input}",
+                vectors(&plat)
+            );
+            let er = cpu.regs();
+            let mut emu_buf = vec![0u8; BUF];
+            mem.read_slice(&mut emu_buf, GuestAddress(DATA)).unwrap();
+            // Host.
+            let mut hs = st;
+            hs.st.gpr[3] = host_buf.as_ptr() as u64;
+            native.run_x87(&bytes, &mut hs);
+            // The engine's state as an image, for comparing and printing.
+            let mut efx = [0u8; 512];
+            efx[0..2].copy_from_slice(&er.fpu.fcw.to_le_bytes());
+            efx[2..4].copy_from_slice(&er.fpu.fsw.to_le_bytes());
+            efx[4] = er.fpu.ftw;
+            for i in 0..8 {
+                efx[32 + 16 * i..42 + 16 * i].copy_from_slice(&er.fpu.st[i][..10]);
+            }
+            // FXSAVE's MXCSR_MASK differs (the host's has DAZ). (Stored pointer fields
+            // compare as they are: control instructions store what the prologue loaded.)
+            use iced_x86::MemorySize as S;
+            let ptrs = match ins.memory_size() {
+                S::Fxsave_512Byte | S::Fxsave64_512Byte => 28..32,
+                _ => 0..0,
+            };
+            if !ptrs.is_empty() {
+                let r = moff + ptrs.start..moff + ptrs.end;
+                emu_buf[r.clone()].copy_from_slice(&host_buf[r]);
+            }
+            let tol = transcendental(m);
+            let mut fsw_mask = 0xffffu16;
+            if tol {
+                fsw_mask &= !0x200;
+            }
+            let hfx = &hs.fx;
+            let word = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+            let mut bad = word(&efx, 0) != word(hfx, 0)
+                || word(&efx, 2) & fsw_mask != word(hfx, 2) & fsw_mask
+                || efx[4] != hfx[4];
+            let mut off_by_ulp = false;
+            for i in 0..8 {
+                let (a, b) = (
+                    &efx[32 + 16 * i..42 + 16 * i],
+                    &hfx[32 + 16 * i..42 + 16 * i],
+                );
+                if a != b {
+                    if tol && close(a, b) {
+                        off_by_ulp = true;
+                    } else {
+                        bad = true;
+                    }
+                }
+            }
+            let mut eg = er.gpr;
+            eg[3] = 0;
+            eg[4] = 0;
+            let mut hg = hs.st.gpr;
+            hg[3] = 0;
+            hg[4] = 0;
+            // FOP, FIP and FDP: FIP relative to the instruction and FDP to the buffer
+            // (they are addresses), unless loaded from memory as they are.
+            let h = &hs.fx;
+            let q = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+            let (hfop, hfip, hfdp) = (u16::from_le_bytes([h[6], h[7]]), q(8), q(16));
+            let loaded = matches!(m, M::Fldenv | M::Frstor | M::Fxrstor | M::Fxrstor64);
+            let rel = |e: u64, h: u64, ebase: u64, hbase: u64| {
+                if loaded || (e == 0 && h == 0) {
+                    e == h
+                } else {
+                    e.wrapping_sub(ebase) == h.wrapping_sub(hbase)
+                }
+            };
+            let slot_addr = native.mem as u64 + native.slot as u64;
+            let ptrs_ok = er.fpu.fop == hfop
+                && rel(er.fpu.fip, hfip, CODE, slot_addr)
+                && rel(er.fpu.fdp, hfdp, DATA, host_buf.as_ptr() as u64);
+            if !ptrs_ok {
+                eprintln!(
+                    "pointers: emu fop {:#x} fip {:#x} fdp {:#x}; host fop {hfop:#x} fip {hfip:#x} (slot {slot_addr:#x}) fdp {hfdp:#x} (buffer {:#x})",
+                    er.fpu.fop,
+                    er.fpu.fip,
+                    er.fpu.fdp,
+                    host_buf.as_ptr() as u64
+                );
+            }
+            bad |= !ptrs_ok
+                || eg != hg
+                || (er.rflags & ARITH) != (hs.st.flags & ARITH)
+                || emu_buf != *host_buf
+                || er.fpu.xmm != hs.st.xmm
+                || er.fpu.mxcsr as u64 != hs.st.mxcsr;
+            if bad {
+                let md: Vec<(usize, u8, u8)> = (0..BUF)
+                    .filter(|&i| emu_buf[i] != host_buf[i])
+                    .map(|i| (i - moff, emu_buf[i], host_buf[i]))
+                    .take(16)
+                    .collect();
+                panic!(
+                    "x87 mismatch (seed {seed}) for `{ins}` ({code:?}) bytes {bytes:02x?}\n in   {input}\n emu  {}\n host {}\n flags in {:#x} emu {:#x} host {:#x}; rax emu {:#x} host {:#x}\n memory (operand offset, emu, host): {md:02x?}",
+                    fx_state(&efx),
+                    fx_state(hfx),
+                    st.st.flags,
+                    er.rflags,
+                    hs.st.flags,
+                    er.gpr[0],
+                    hs.st.gpr[0],
+                );
+            }
+            ulp_off += off_by_ulp as usize;
+            ran += 1;
+        }
+        if ran > 0 {
+            forms += 1;
+            tested += ran;
+        }
+    }
+    eprintln!(
+        "x87 differential: {forms} instruction forms, {tested} cases, {ulp_off} transcendental results 1 ulp off (seed {seed})"
+    );
+    assert!(forms > 150, "too few x87 instruction forms tested: {forms}");
 }
