@@ -958,3 +958,104 @@ fn a_null_selector_in_fs_or_gs_clears_the_base() {
     assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
     assert_eq!(outs(&p, 0xe0), vec![0, 0]);
 }
+
+/// A #DB handler at HANDLERS + 0x1000 that reports the frame's RIP on port 0xe1 and DR6 on
+/// port 0xe2, sets RF in the frame (to step over an instruction breakpoint) and returns.
+fn install_db_recorder(m: &vm_memory::GuestMemoryMmap) {
+    let h = HANDLERS + 0x1000;
+    load(
+        m,
+        h,
+        &asm64(h, |a| {
+            a.push(rax).unwrap();
+            a.mov(rax, qword_ptr(rsp + 8)).unwrap();
+            a.out(0xe1, eax).unwrap();
+            a.mov(rax, dr6).unwrap();
+            a.out(0xe2, eax).unwrap();
+            a.bts(qword_ptr(rsp + 24), 16).unwrap();
+            a.pop(rax).unwrap();
+            a.iretq().unwrap();
+        }),
+    );
+    set_gate(m, 1, h, 0, 0);
+}
+
+/// Runs `body` (assembled at CODE, then HLT) with the #DB recorder; returns the reported
+/// (RIP, DR6) pairs and the label addresses `body` returned.
+fn run_debug_case(
+    body: impl FnOnce(&mut CodeAssembler) -> Vec<CodeLabel>,
+) -> (Vec<(u32, u32)>, Vec<u64>) {
+    let m = memory();
+    setup_long_mode(&m);
+    install_db_recorder(&m);
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut labels = body(&mut a);
+    a.hlt().unwrap();
+    let res = a
+        .assemble_options(
+            CODE,
+            iced_x86::BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )
+        .unwrap();
+    load(&m, CODE, res.inner.code_buffer.as_slice());
+    let addrs = labels
+        .iter_mut()
+        .map(|l| res.label_ip(l).unwrap())
+        .collect();
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(&long_mode_regs(CODE));
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    let hits = outs(&p, 0xe1).into_iter().zip(outs(&p, 0xe2)).collect();
+    (hits, addrs)
+}
+
+#[test]
+fn single_step_traps_after_each_instruction_once_tf_is_set() {
+    let (hits, at) = run_debug_case(|a| {
+        let mut l = [a.create_label(), a.create_label(), a.create_label()];
+        a.pushfq().unwrap();
+        a.or(qword_ptr(rsp), 0x100).unwrap();
+        a.popfq().unwrap(); // TF takes effect after this instruction
+        a.nop().unwrap();
+        a.set_label(&mut l[0]).unwrap();
+        a.pushfq().unwrap();
+        a.set_label(&mut l[1]).unwrap();
+        a.and(qword_ptr(rsp), !0x100).unwrap();
+        a.popfq().unwrap(); // still traps: TF was set when it started
+        a.set_label(&mut l[2]).unwrap();
+        l.to_vec()
+    });
+    let bs = 0xffff_4ff0;
+    let popf2 = at[1] + 8; // `and qword [rsp], imm32` is 8 bytes
+    let want: Vec<(u32, u32)> = [at[0], at[1], popf2, at[2]]
+        .iter()
+        .map(|&rip| (rip as u32, bs))
+        .collect();
+    assert_eq!(hits, want);
+}
+
+#[test]
+fn data_and_instruction_breakpoints_report_their_dr6_bits() {
+    let (hits, at) = run_debug_case(|a| {
+        let mut l = [a.create_label(), a.create_label()];
+        // DR0: 4-byte write watchpoint on DATA; DR1: instruction breakpoint on `target`.
+        a.mov(rax, DATA).unwrap();
+        a.mov(dr0, rax).unwrap();
+        a.lea(rax, ptr(l[1])).unwrap();
+        a.mov(dr1, rax).unwrap();
+        a.mov(rax, 0x000d_0001u64 | (1 << 3)).unwrap(); // L0, RW0=write, LEN0=4; G1 exec
+        a.mov(dr7, rax).unwrap();
+        a.mov(rax, DATA).unwrap();
+        a.mov(dword_ptr(rax), 1).unwrap(); // trap after this store
+        a.set_label(&mut l[0]).unwrap();
+        a.mov(ecx, dword_ptr(rax)).unwrap(); // a read does not hit a write watchpoint
+        a.set_label(&mut l[1]).unwrap();
+        a.nop().unwrap(); // fault before this instruction, then RF steps over it
+        l.to_vec()
+    });
+    assert_eq!(
+        hits,
+        vec![(at[0] as u32, 0xffff_0ff1), (at[1] as u32, 0xffff_0ff2)]
+    );
+}
