@@ -159,6 +159,7 @@ pub fn vm_config(spec: &VmSpec, run_dir: &Path) -> VmConfig {
         virtio_console: spec.virtio_console.clone(),
         virtio_transport: spec.virtio_transport,
         cpu_features: spec.cpu_features.clone(),
+        test_device: false,
     }
 }
 

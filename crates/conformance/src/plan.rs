@@ -148,6 +148,9 @@ pub fn plan(entry: &Entry, suite_dir: &Path, vmm: &Vmm) -> Result<Invocation, No
                 format!("{memory}M"),
                 "--serial".into(),
                 "stdio".into(),
+                // QEMU's side always has pc-testdev (below); the suite's scratch ports,
+                // IRQ-line ports and MMIO scratch RAM are wirt's opt-in test device.
+                "--test-device".into(),
                 // `=` form: arguments such as `-pause_filter_test` start with a dash.
                 format!("--cmdline={test_args}"),
             ];
@@ -301,6 +304,7 @@ mod tests {
         assert!(a.contains("--memory 2048M"), "{a}");
         assert!(a.contains("--cmdline=-foo bar"), "{a}");
         assert!(a.contains("--cpu-features=+x2apic"), "{a}");
+        assert!(a.contains("--test-device"), "{a}");
         assert!(a.contains(&format!("--initrd {ENV_PLACEHOLDER}")), "{a}");
         assert_eq!(inv.env_file, "NR_CPUS=2\nMEMSIZE=2048\nTEST_DEVICE=0\n");
         assert_eq!(inv.timeout, Duration::from_secs(30));

@@ -64,7 +64,6 @@ pub struct Cpu {
     pub(crate) cr2: u64,
     pub(crate) cr3: u64,
     pub(crate) cr4: u64,
-    pub(crate) cr8: u64,
     pub(crate) efer: u64,
     pub(crate) dr: [u64; 8],
     pub(crate) msr: Msrs,
@@ -76,6 +75,8 @@ pub struct Cpu {
     pub(crate) halted: bool,
     /// Interrupts are inhibited until after the next instruction (STI, MOV SS, POP SS).
     pub(crate) shadow: bool,
+    /// NMI delivery state (see `interrupts.rs`: blocked until the next IRET, one latched).
+    pub(crate) nmi: crate::interrupts::NmiState,
     /// Current privilege level.
     pub(crate) cpl: u8,
     /// Code size of the current CS: 16, 32 or 64.
@@ -114,7 +115,6 @@ impl Cpu {
             cr2: 0,
             cr3: 0,
             cr4: 0,
-            cr8: 0,
             efer: 0,
             dr: [0; 8],
             msr: Msrs::default(),
@@ -123,6 +123,7 @@ impl Cpu {
             fpu: FpuState::default(),
             halted: false,
             shadow: false,
+            nmi: crate::interrupts::NmiState::default(),
             cpl: 0,
             bitness: 16,
             ram,
@@ -215,7 +216,6 @@ impl Cpu {
             cr2: self.cr2,
             cr3: self.cr3,
             cr4: self.cr4,
-            cr8: self.cr8,
             efer: self.efer,
             dr: self.dr,
             msrs: self.msr.save(),
@@ -238,13 +238,13 @@ impl Cpu {
         self.cr2 = r.cr2;
         self.cr3 = r.cr3;
         self.cr4 = r.cr4;
-        self.cr8 = r.cr8;
         self.efer = r.efer;
         self.dr = r.dr;
         self.msr.load(&r.msrs);
         self.fpu = r.fpu.clone();
         self.halted = r.halted;
         self.shadow = false;
+        self.nmi = crate::interrupts::NmiState::default();
         self.shutdown = false;
         self.cpl = if self.cr0 & CR0_PE != 0 {
             self.seg[CS].dpl & 3
@@ -287,6 +287,9 @@ impl Cpu {
             if self.shutdown {
                 return Exit::Shutdown;
             }
+            if !self.shadow && self.take_nmi(io) {
+                continue;
+            }
             if !self.shadow && self.flags.bits & flags::IF != 0 && io.interrupt_pending() {
                 if let Some(vector) = io.acknowledge_interrupt() {
                     self.halted = false;
@@ -296,14 +299,15 @@ impl Cpu {
                     continue;
                 }
             }
-            // In an interrupt shadow only one instruction runs before the next check.
-            let single = std::mem::take(&mut self.shadow);
             if self.halted {
                 return Exit::Halted;
             }
             if self.icount >= target {
+                // (A pending interrupt shadow stays for the next call.)
                 return Exit::BudgetExhausted;
             }
+            // In an interrupt shadow only one instruction runs before the next check.
+            let single = std::mem::take(&mut self.shadow);
             // TF, RF, armed breakpoints: one instruction at a time with the debug rules.
             if self.debug_armed() {
                 self.step_debug(io);
@@ -369,16 +373,33 @@ impl Cpu {
         completed
     }
 
-    /// Delivers an exception raised by an instruction (RIP still points at it), escalating
-    /// to #DF and then to shutdown when delivery itself faults.
+    /// Delivers an exception raised by an instruction (RIP still points at it). When the
+    /// delivery itself faults, the SDM's double-fault table (Vol. 3, 6.15) decides: the
+    /// second exception is delivered in turn, or the pair escalates to #DF, and a fault
+    /// while delivering #DF shuts the CPU down.
     pub(crate) fn handle_fault(&mut self, io: &mut dyn Platform, f: Fault) {
+        self.handle_fault_nested(io, f, 0);
+    }
+
+    fn handle_fault_nested(&mut self, io: &mut dyn Platform, f: Fault, depth: u32) {
         self.block_end = true;
         let rip = self.rip;
         let Err(f2) = self.deliver_exception(io, f, rip) else {
             return;
         };
-        if f.vector == crate::exceptions::DF || f2.vector == crate::exceptions::DF {
+        if f.vector == crate::exceptions::DF || f2.vector == crate::exceptions::DF || depth > 4 {
             self.shutdown = true;
+            return;
+        }
+        /// #DE, #TS, #NP, #SS, #GP.
+        fn contributory(v: u8) -> bool {
+            matches!(v, 0 | 10..=13)
+        }
+        let pf = crate::exceptions::PF;
+        let double = (contributory(f.vector) && contributory(f2.vector))
+            || (f.vector == pf && (f2.vector == pf || contributory(f2.vector)));
+        if !double {
+            self.handle_fault_nested(io, f2, depth + 1);
             return;
         }
         let df = Fault::with_code(crate::exceptions::DF, 0);

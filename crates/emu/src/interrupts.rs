@@ -1,5 +1,15 @@
 //! Event delivery through the IVT/IDT (real mode, 32-bit and 64-bit gates, with stack
-//! switches through the TSS and IST) and the return from it (IRET).
+//! switches through the TSS and IST) and the return from it (IRET), and NMI blocking.
+//!
+//! NMIs ([`NmiState`]) are taken at block boundaries outside an interrupt shadow, whatever
+//! RFLAGS.IF, before maskable interrupts:
+//!
+//! ```text
+//!            NMI delivered (vector 2)
+//!   Ready ──────────────────────────▶ Blocked ── any IRET ──▶ Ready
+//!                                       │ an NMI arrives: latched (further ones merge
+//!                                       ▼ into it); delivered after the IRET
+//! ```
 //!
 //! Delivery computes everything, writes the new stack frame, and only then commits the new
 //! CS/SS/RSP/RIP/RFLAGS, so a fault during delivery leaves the old state intact for the
@@ -11,6 +21,18 @@ use crate::flags::*;
 use crate::platform::Platform;
 use crate::segments::{parse_descriptor, real_mode_segment};
 use crate::state::SegmentState;
+
+/// A CPU's NMI state (the diagram in the module documentation).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NmiState {
+    /// An NMI handler runs: no NMI until the next IRET.
+    blocked: bool,
+    /// One NMI taken from the platform and not delivered yet.
+    latched: bool,
+}
+
+/// The NMI's vector.
+const NMI_VECTOR: u8 = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -25,6 +47,31 @@ enum Source {
 }
 
 impl Cpu {
+    /// At a block boundary outside an interrupt shadow: collect NMIs from the platform
+    /// and deliver one unless blocked. Returns whether one was delivered.
+    pub(crate) fn take_nmi(&mut self, io: &mut dyn Platform) -> bool {
+        if io.nmi_pending() {
+            if !self.nmi.latched {
+                self.nmi.latched = io.take_nmi();
+            } else if self.nmi.blocked {
+                // Only one NMI waits behind a running handler; the others merge into it.
+                while io.take_nmi() {}
+            }
+        }
+        if !self.nmi.latched || self.nmi.blocked {
+            return false;
+        }
+        self.nmi = NmiState {
+            blocked: true,
+            latched: false,
+        };
+        self.halted = false;
+        if let Err(f) = self.deliver_external(io, NMI_VECTOR) {
+            self.handle_fault(io, f);
+        }
+        true
+    }
+
     pub(crate) fn deliver_external(&mut self, io: &mut dyn Platform, vector: u8) -> R<()> {
         let rip = self.rip;
         self.deliver(io, vector, None, Source::External, rip)
@@ -297,6 +344,7 @@ impl Cpu {
             self.seg[CS] = real_mode_segment(&self.seg[CS], cs);
             self.update_mode();
             self.write_flags_checked(fl, size, true);
+            self.nmi.blocked = false;
             self.next_rip = ip & if size == 2 { 0xffff } else { 0xffff_ffff };
             return Ok(());
         }
@@ -374,6 +422,7 @@ impl Cpu {
             }
         }
         // Commit.
+        self.nmi.blocked = false;
         let old_cpl = self.cpl;
         self.write_flags_checked(fl, size, true);
         self.set_cs_desc(cs_sel, cd, rpl);

@@ -325,6 +325,9 @@ impl Cpu {
                 return Ok(());
             }
             io.mmio_write(e.phys + off as u64, &v.to_le_bytes()[..size]);
+            // A device write may raise an interrupt (an APIC's ICR or EOI, an IOAPIC
+            // unmask): the run loop looks before the next instruction, as hardware does.
+            self.block_end = true;
             return Ok(());
         }
         self.write_bytes(io, lin, &v.to_le_bytes()[..size], user)
@@ -393,6 +396,7 @@ impl Cpu {
                 for (i, c) in data[at..at + n].chunks(8).enumerate() {
                     io.mmio_write(e.phys + (off + i * 8) as u64, c);
                 }
+                self.block_end = true; // as in `write_lin_slow`
             } else {
                 // SAFETY: off + n <= 4096 within one RAM page.
                 unsafe { std::ptr::copy_nonoverlapping(data[at..].as_ptr(), e.host.add(off), n) };
@@ -444,6 +448,7 @@ impl Cpu {
             let old = u64::from_le_bytes(buf);
             if let Some(n) = f(old) {
                 io.mmio_write(e.phys + off as u64, &n.to_le_bytes()[..size]);
+                self.block_end = true; // as in `write_lin_slow`
             }
             return Ok(old);
         }

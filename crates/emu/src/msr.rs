@@ -38,6 +38,10 @@ use crate::platform::Platform;
 pub const TSC: u32 = 0x10;
 pub const PLATFORM_ID: u32 = 0x17;
 pub const APIC_BASE: u32 = 0x1b;
+/// `IA32_APIC_BASE` bit 8: this is the bootstrap processor (read-only).
+pub const APIC_BASE_BSP: u64 = 1 << 8;
+/// `IA32_APIC_BASE` bit 11: the local APIC is globally enabled.
+pub const APIC_BASE_ENABLE: u64 = 1 << 11;
 pub const UCODE_REV: u32 = 0x8b;
 pub const MTRR_CAP: u32 = 0xfe;
 pub const SYSENTER_CS: u32 = 0x174;
@@ -208,7 +212,8 @@ impl Cpu {
             PLATFORM_ID | UCODE_REV | MCG_CAP | MCG_STATUS | HWCR | SYSCFG | INT_PENDING_MSG => 0,
             MTRR_DEF_TYPE => m.mtrr.get(&i).copied().unwrap_or(0x806),
             APIC_BASE => m.apic_base,
-            TSC_DEADLINE => m.tsc_deadline,
+            // The platform's timer clears it when it fires.
+            TSC_DEADLINE => io.rdmsr(TSC_DEADLINE).unwrap_or(m.tsc_deadline),
             MTRR_CAP => 0x508, // WC supported, fixed ranges, 8 variable ranges
             PAT => m.pat,
             MISC_ENABLE => m.misc_enable,
@@ -235,8 +240,11 @@ impl Cpu {
             TSC_AUX => self.msr.tsc_aux = v & 0xffff_ffff,
             UCODE_REV | HWCR | SYSCFG | INT_PENDING_MSG => {}
             APIC_BASE => {
-                self.msr.apic_base = v;
-                io.apic_base_written(v);
+                // The platform's APIC decides what is valid (reserved bits, mode changes).
+                if !io.apic_base_written(v) {
+                    return Err(gp0());
+                }
+                self.msr.apic_base = (v & !APIC_BASE_BSP) | (self.msr.apic_base & APIC_BASE_BSP);
             }
             TSC_DEADLINE => {
                 self.msr.tsc_deadline = v;

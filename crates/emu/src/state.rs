@@ -85,7 +85,6 @@ pub struct CpuRegs {
     pub cr2: u64,
     pub cr3: u64,
     pub cr4: u64,
-    pub cr8: u64,
     pub efer: u64,
     pub dr: [u64; 8],
     /// MSRs the engine keeps (index, value); see `msr.rs` for the list.

@@ -179,6 +179,10 @@ pub struct VmConfig {
     /// on unless removed; adding one it cannot offer is refused when the VM starts.
     #[serde(default)]
     pub cpu_features: Vec<FeatureEdit>,
+    /// QEMU's `pc-testdev` (scratch ports at 0xe0, IRQ-line ports at 0x2000, MMIO scratch
+    /// RAM at 0xff000000), for kvm-unit-tests; never part of a normal machine.
+    #[serde(default)]
+    pub test_device: bool,
 }
 
 /// At most this many virtio devices: one free ISA interrupt line each.
@@ -211,6 +215,7 @@ impl VmConfig {
             balloon_target: None,
             virtio_transport: VirtioTransport::Mmio,
             cpu_features: Vec::new(),
+            test_device: false,
         }
     }
 

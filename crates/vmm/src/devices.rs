@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use arch::layout;
 use devices::legacy::{
-    BootTimer, Bus, BusDevice, BusError, DebugExit, PciConfigPorts, Pm1Control, Pm1Event, PmTimer,
-    PortSink, ResetControl, Rtc, Serial, SerialError, VmControl, I8042,
+    pc_testdev, BootTimer, Bus, BusDevice, BusError, DebugExit, PcTestDev, PciConfigPorts,
+    Pm1Control, Pm1Event, PmTimer, PortSink, ResetControl, Rtc, Serial, SerialError, VmControl,
+    I8042,
 };
 use devices::InterruptSink;
 use hypervisor::IoHandler;
@@ -101,6 +102,25 @@ impl DeviceManager {
             boot_timer,
             pm1_event,
         })
+    }
+
+    /// Places QEMU's `pc-testdev` (the `test_device` option): its ports, its IRQ-line ports
+    /// driving `irq`, and its MMIO scratch RAM.
+    pub fn add_test_device(&self, irq: Arc<dyn InterruptSink>) -> Result<(), DeviceError> {
+        let dev = PcTestDev::new(irq);
+        self.pio.insert(
+            dev.ports(),
+            u64::from(pc_testdev::PORTS),
+            pc_testdev::PORTS_LEN,
+        )?;
+        self.pio.insert(
+            dev.irq_lines(),
+            u64::from(pc_testdev::IRQ_PORTS),
+            pc_testdev::IRQ_PORTS_LEN,
+        )?;
+        self.mmio
+            .insert(dev.ioram(), pc_testdev::IORAM_BASE, pc_testdev::IORAM_LEN)?;
+        Ok(())
     }
 
     /// The MMIO bus (virtio transports, the PCI host bridge's ECAM window and BARs go here).

@@ -81,6 +81,9 @@ impl RunningVm {
             cfg.memory.0,
             start,
         )?);
+        if cfg.test_device {
+            devices.add_test_device(vm.interrupt_sink())?;
+        }
 
         let notify_vm = vm.clone();
         let virtio = virtio_devices::attach(

@@ -59,6 +59,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         balloon: args.devices.balloon.map(|b| b.0),
         virtio_transport: args.devices.virtio_transport,
         cpu_features: args.machine.cpu_features.map(|f| f.0).unwrap_or_default(),
+        test_device: args.devices.test_device,
     };
     config.validate()?;
     let opts = RunOptions {

@@ -112,6 +112,10 @@ pub struct DeviceArgs {
     /// kernels expect).
     #[arg(long, default_value = "mmio", value_name = "mmio|pci")]
     pub virtio_transport: VirtioTransport,
+    /// QEMU's pc-testdev, for kvm-unit-tests: scratch ports 0xe0.., IRQ-line ports
+    /// 0x2000.. and scratch RAM at MMIO 0xff000000. Test guests only.
+    #[arg(long)]
+    pub test_device: bool,
 }
 
 /// Parses the virtio console's backend (see `DeviceArgs::virtio_console`).

@@ -6,7 +6,10 @@
 //! IOAPIC, ISA IRQ 0 on IOAPIC pin 2 as the MADT override says; GSIs 16..23 only the
 //! IOAPIC). MSIs enter through [`SwIrqChip::send_msi`]. The emulator asks, at instruction
 //! boundaries, [`SwIrqChip::interrupt_pending`] (a few atomic loads) and then
-//! [`SwIrqChip::acknowledge`]; INIT/SIPI arrive through [`SwIrqChip::take_startup_event`].
+//! [`SwIrqChip::acknowledge`], and [`SwIrqChip::nmi_pending`] / [`SwIrqChip::take_nmi`] for
+//! NMIs; INIT/SIPI arrive through [`SwIrqChip::take_startup_event`]. Each vCPU reaches its
+//! APIC's registers through the MMIO page ([`SwIrqChip::lapic_mmio_offset`], xAPIC mode) or
+//! the x2APIC MSRs ([`SwIrqChip::lapic_msr_read`], x2APIC mode).
 //!
 //! Timers are passive: the vCPU thread calls [`SwIrqChip::poll_timers`] now and then (cheap
 //! when nothing is due: one clock read and two atomic loads), and a halted vCPU sleeps in
@@ -27,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::clock::{Clock, TscRate};
 use super::ioapic::{ApicMessage, DeliveryMode, Destination, Ioapic, NUM_PINS};
-use super::lapic::{ApicAddress, Lapic, LapicEffect, StartupEvent};
+use super::lapic::{ApicAddress, ApicBaseLimits, Lapic, LapicEffect, StartupEvent};
 use super::pic::Pic;
 use super::pit::Pit;
 use crate::interrupt::InterruptSink;
@@ -50,6 +53,8 @@ pub enum WakeReason {
     Interrupt,
     /// An INIT or SIPI is pending.
     Startup,
+    /// An NMI is pending (it ends HLT whatever RFLAGS.IF says).
+    Nmi,
     /// [`SwIrqChip::kick`] was called.
     Kicked,
     /// The caller's `until` passed.
@@ -68,6 +73,8 @@ pub struct SwIrqChipState {
 }
 
 const NO_DEADLINE: u64 = u64::MAX;
+/// `CpuSlot::mmio_base` of an APIC whose page does not answer (disabled or x2APIC).
+const NO_MMIO: u64 = u64::MAX;
 
 /// Per-vCPU part: its APIC and the flags the hot path reads without locking.
 #[derive(Debug)]
@@ -79,6 +86,10 @@ struct CpuSlot {
     accepts_pic: AtomicBool,
     /// An INIT or SIPI waits.
     startup: AtomicBool,
+    /// An NMI waits.
+    nmi: AtomicBool,
+    /// Where the APIC page answers MMIO (`NO_MMIO` outside xAPIC mode).
+    mmio_base: AtomicU64,
     kicked: AtomicBool,
     /// The APIC timer's next deadline (clock ns), `NO_DEADLINE` if none.
     timer_deadline: AtomicU64,
@@ -101,6 +112,8 @@ pub struct SwIrqChip {
     pic_output: AtomicBool,
     /// PIT channel 0's next interrupt (clock ns), `NO_DEADLINE` if none.
     pit_deadline: AtomicU64,
+    /// What `IA32_APIC_BASE` may hold (x2APIC offered, physical-address width).
+    limits: ApicBaseLimits,
 }
 
 /// Lock a mutex, recovering the data if a thread panicked while holding it (the device
@@ -111,7 +124,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl SwIrqChip {
     /// Whether the local APICs implement x2APIC mode (CPUID may announce it).
-    pub const X2APIC: bool = false;
+    pub const X2APIC: bool = true;
+
+    /// The physical-address width `IA32_APIC_BASE` is checked against unless the platform
+    /// says otherwise ([`SwIrqChip::with_apic_base_limits`]).
+    pub const DEFAULT_PHYS_ADDR_BITS: u8 = 40;
 
     /// A chip for `cpus` vCPUs (APIC IDs 0..cpus, vCPU 0 is the BSP), whose guest TSC runs
     /// at `tsc_hz` on `clock`.
@@ -127,6 +144,8 @@ impl SwIrqChip {
                 let lapic = Lapic::new(i as u8, i == 0);
                 CpuSlot {
                     address: AtomicU32::new(lapic.address().pack()),
+                    nmi: AtomicBool::new(false),
+                    mmio_base: AtomicU64::new(lapic.mmio_base().unwrap_or(NO_MMIO)),
                     accepts_pic: AtomicBool::new(lapic.accepts_pic()),
                     lapic: Mutex::new(lapic),
                     lapic_intr: AtomicBool::new(false),
@@ -147,7 +166,22 @@ impl SwIrqChip {
             cpus,
             pic_output: AtomicBool::new(false),
             pit_deadline: AtomicU64::new(NO_DEADLINE),
+            limits: ApicBaseLimits {
+                x2apic: Self::X2APIC,
+                phys_addr_bits: Self::DEFAULT_PHYS_ADDR_BITS,
+            },
         })
+    }
+
+    /// What the guest's CPUID offers: whether x2APIC mode may be entered (it is not when
+    /// the CPU model hides it) and the physical-address width. `x2apic` is ignored (false)
+    /// unless [`SwIrqChip::X2APIC`].
+    pub fn with_apic_base_limits(mut self, x2apic: bool, phys_addr_bits: u8) -> Self {
+        self.limits = ApicBaseLimits {
+            x2apic: x2apic && Self::X2APIC,
+            phys_addr_bits,
+        };
+        self
     }
 
     /// Number of vCPUs.
@@ -210,6 +244,25 @@ impl SwIrqChip {
             return Some(vector);
         }
         vector
+    }
+
+    /// Whether an NMI waits for vCPU `cpu` (one atomic load).
+    #[inline]
+    pub fn nmi_pending(&self, cpu: usize) -> bool {
+        self.cpus
+            .get(cpu)
+            .is_some_and(|s| s.nmi.load(Ordering::Acquire))
+    }
+
+    /// The CPU takes one waiting NMI; false if none waited.
+    pub fn take_nmi(&self, cpu: usize) -> bool {
+        self.nmi_pending(cpu) && self.with_lapic(cpu, |l| l.take_nmi()).unwrap_or(false)
+    }
+
+    /// Assert vCPU `cpu`'s LINT0 (`pin` 0) or LINT1 (`pin` 1) input: what happens is up to
+    /// the LVT entry (e.g. an NMI, as LINT1 is wired on PCs).
+    pub fn assert_lint(&self, cpu: usize, pin: u8) {
+        self.with_lapic(cpu, |l| l.assert_lint(pin));
     }
 
     /// Whether an INIT or SIPI waits for vCPU `cpu` (one atomic load).
@@ -341,6 +394,9 @@ impl SwIrqChip {
         if slot.startup.load(Ordering::Acquire) {
             return Some(WakeReason::Startup);
         }
+        if slot.nmi.load(Ordering::Acquire) {
+            return Some(WakeReason::Nmi);
+        }
         if interrupts_enabled && self.interrupt_pending(cpu) {
             return Some(WakeReason::Interrupt);
         }
@@ -374,9 +430,13 @@ impl SwIrqChip {
             let result = f(&mut lapic);
             let intr = lapic.has_interrupt();
             let startup = lapic.has_startup();
+            let nmi = lapic.has_nmi();
             let accepts = lapic.accepts_pic();
             let was_intr = slot.lapic_intr.swap(intr, Ordering::AcqRel);
             let was_startup = slot.startup.swap(startup, Ordering::AcqRel);
+            let was_nmi = slot.nmi.swap(nmi, Ordering::AcqRel);
+            slot.mmio_base
+                .store(lapic.mmio_base().unwrap_or(NO_MMIO), Ordering::Release);
             let was_accepting = slot.accepts_pic.swap(accepts, Ordering::AcqRel);
             slot.timer_deadline.store(
                 lapic.timer_deadline().unwrap_or(NO_DEADLINE),
@@ -386,6 +446,7 @@ impl SwIrqChip {
                 .store(lapic.address().pack(), Ordering::Release);
             let wake = (intr && !was_intr)
                 || (startup && !was_startup)
+                || (nmi && !was_nmi)
                 || (accepts && !was_accepting && self.pic_output.load(Ordering::Acquire));
             (result, wake)
         };
@@ -494,6 +555,35 @@ impl SwIrqChip {
 
     // ---- MMIO, port I/O and MSRs ----
 
+    /// The offset in vCPU `cpu`'s APIC page of guest-physical `gpa`, if the page answers
+    /// there (xAPIC mode, at the `IA32_APIC_BASE` address). One atomic load.
+    #[inline]
+    pub fn lapic_mmio_offset(&self, cpu: usize, gpa: u64) -> Option<u64> {
+        let base = self.cpus.get(cpu)?.mmio_base.load(Ordering::Acquire);
+        gpa.checked_sub(base).filter(|&off| off < 0x1000)
+    }
+
+    /// RDMSR of x2APIC MSR `index` (0x800..0x8ff) on vCPU `cpu`; `None`: #GP.
+    pub fn lapic_msr_read(&self, cpu: usize, index: u32) -> Option<u64> {
+        let now = self.clock.now_ns();
+        self.with_lapic(cpu, |l| l.msr_read(index, now)).flatten()
+    }
+
+    /// WRMSR of x2APIC MSR `index` on vCPU `cpu`; false: #GP.
+    pub fn lapic_msr_write(&self, cpu: usize, index: u32, value: u64) -> bool {
+        let now = self.clock.now_ns();
+        match self
+            .with_lapic(cpu, |l| l.msr_write(index, value, now))
+            .flatten()
+        {
+            Some(effect) => {
+                self.apply(cpu, effect);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A read of vCPU `cpu`'s APIC page at `offset` (0..0xfff).
     pub fn lapic_read(&self, cpu: usize, offset: u64, data: &mut [u8]) {
         let now = self.clock.now_ns();
@@ -575,9 +665,11 @@ impl SwIrqChip {
         self.with_lapic(cpu, |l| l.apic_base).unwrap_or(0)
     }
 
-    /// Write `IA32_APIC_BASE`; false if refused (x2APIC, relocation): inject #GP.
+    /// Write `IA32_APIC_BASE`; false if refused (reserved bits, invalid mode transition,
+    /// x2APIC not offered): inject #GP.
     pub fn set_apic_base(&self, cpu: usize, value: u64) -> bool {
-        self.with_lapic(cpu, |l| l.set_apic_base(value))
+        let limits = self.limits;
+        self.with_lapic(cpu, |l| l.set_apic_base(value, limits))
             .unwrap_or(false)
     }
 
@@ -601,10 +693,15 @@ impl SwIrqChip {
         self.with_lapic(cpu, |l| l.tsc_deadline).unwrap_or(0)
     }
 
-    /// Write `IA32_TSC_DEADLINE` (in the time line of [`SwIrqChip::tsc_now`]).
+    /// Write `IA32_TSC_DEADLINE` (in the time line of [`SwIrqChip::tsc_now`]). A deadline
+    /// already passed fires at once, so the interrupt is pending when WRMSR completes.
     pub fn set_tsc_deadline(&self, cpu: usize, tsc: u64) {
         let rate = self.tsc;
-        self.with_lapic(cpu, |l| l.set_tsc_deadline(tsc, rate));
+        let now = self.clock.now_ns();
+        self.with_lapic(cpu, |l| {
+            l.set_tsc_deadline(tsc, rate);
+            l.poll_timer(now);
+        });
     }
 
     /// Deliver an MSI (a DWORD write to 0xfeeX_XXXX); false if `addr` is not an MSI address.
@@ -667,6 +764,7 @@ impl SwIrqChip {
         for (cpu, saved) in state.lapics.iter().enumerate() {
             self.with_lapic(cpu, |l| {
                 *l = saved.clone();
+                l.initial_id = cpu as u8;
                 l.shift_times(delta);
             });
         }

@@ -7,8 +7,9 @@
 //! polarity is recorded but not applied: devices call `set_level(true)` to *assert* a line,
 //! whatever its electrical polarity (as in KVM and QEMU).
 //!
-//! An edge arriving on a masked pin stays in IRR and is delivered when the pin is unmasked
-//! (QEMU's behaviour: nothing is lost across Linux's mask/unmask windows). A level-triggered
+//! An edge arriving on a masked pin stays in IRR while the line stays asserted and is
+//! delivered when the pin is unmasked; if the line drops first the request is gone (KVM's
+//! behaviour, which kvm-unit-tests' `ioapic` checks: a pulse on a masked pin is lost). A level-triggered
 //! pin sets remote IRR when delivered and is not delivered again until the EOI for its
 //! vector; an EOI while the line is still asserted delivers it again.
 //!
@@ -63,18 +64,43 @@ impl DeliveryMode {
 }
 
 /// Who receives an APIC message.
+///
+/// IDs are 32-bit (x2APIC); the 8-bit destinations of xAPIC-format senders (IOAPIC, MSI,
+/// an ICR in xAPIC mode) enter through [`Destination::xapic`], which turns their broadcast
+/// value 0xff into [`Destination::BROADCAST`], the x2APIC broadcast, so that every APIC
+/// model recognises it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Destination {
-    /// One APIC by ID (0xff = broadcast).
-    Physical(u8),
-    /// The APICs whose logical destination matches (flat or cluster model).
-    Logical(u8),
+    /// One APIC by ID ([`Destination::BROADCAST`]: all).
+    Physical(u32),
+    /// The APICs whose logical destination matches (flat, cluster or x2APIC cluster model;
+    /// [`Destination::BROADCAST`]: all).
+    Logical(u32),
     /// The sender only.
     SelfOnly,
     /// Every APIC.
     All,
     /// Every APIC except the sender.
     AllButSelf,
+}
+
+impl Destination {
+    /// The broadcast ID of either addressing mode.
+    pub const BROADCAST: u32 = u32::MAX;
+
+    /// An 8-bit (xAPIC-format) destination, logical or physical; 0xff is the broadcast.
+    pub fn xapic(id: u8, logical: bool) -> Self {
+        let id = if id == 0xff {
+            Self::BROADCAST
+        } else {
+            u32::from(id)
+        };
+        if logical {
+            Destination::Logical(id)
+        } else {
+            Destination::Physical(id)
+        }
+    }
 }
 
 /// An interrupt message on the APIC bus (from the IOAPIC, an MSI, or an ICR write).
@@ -97,11 +123,7 @@ impl ApicMessage {
         Some(ApicMessage {
             vector: (data & 0xff) as u8,
             mode: DeliveryMode::from_bits(data >> 8),
-            dest: if logical {
-                Destination::Logical(id)
-            } else {
-                Destination::Physical(id)
-            },
+            dest: Destination::xapic(id, logical),
             level_triggered: false,
         })
     }
@@ -147,11 +169,7 @@ impl Ioapic {
         ApicMessage {
             vector: (entry & 0xff) as u8,
             mode: DeliveryMode::from_bits((entry >> 8) as u32),
-            dest: if entry & (1 << 11) != 0 {
-                Destination::Logical(dest)
-            } else {
-                Destination::Physical(dest)
-            },
+            dest: Destination::xapic(dest, entry & (1 << 11) != 0),
             level_triggered: entry & RTE_LEVEL != 0,
         }
     }
@@ -201,6 +219,9 @@ impl Ioapic {
         } else if level && !was_high {
             self.irr |= bit;
             self.service(pin, out);
+        } else if !level {
+            // An undelivered edge (masked pin) ends with the line.
+            self.irr &= !bit;
         }
     }
 
@@ -364,16 +385,25 @@ mod tests {
     }
 
     #[test]
-    fn masked_edge_is_delivered_on_unmask() {
+    fn masked_edge_is_delivered_on_unmask_while_the_line_is_high() {
         let mut io = Ioapic::new();
         let mut out = Vec::new();
         write_reg(&mut io, 0x10 + 8, 0x1_0041, &mut out); // pin 4 masked
         io.set_irq(4, true, &mut out);
-        io.set_irq(4, false, &mut out);
         assert!(out.is_empty());
         write_reg(&mut io, 0x10 + 8, 0x41, &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].vector, 0x41);
+        // A pulse on the masked pin is lost.
+        out.clear();
+        io.set_irq(4, false, &mut out);
+        write_reg(&mut io, 0x10 + 8, 0x1_0041, &mut out);
+        io.set_irq(4, true, &mut out);
+        io.set_irq(4, false, &mut out);
+        write_reg(&mut io, 0x10 + 8, 0x41, &mut out);
+        assert!(out.is_empty());
+        io.set_irq(4, true, &mut out);
+        assert_eq!(out.len(), 1, "the next edge is delivered once");
     }
 
     #[test]

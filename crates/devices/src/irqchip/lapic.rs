@@ -1,4 +1,20 @@
-//! One local APIC (xAPIC mode, MMIO page at 0xfee00000): the interrupt state of one vCPU.
+//! One local APIC: the interrupt state of one vCPU, in xAPIC mode (the MMIO page, at
+//! 0xfee00000 unless `IA32_APIC_BASE` moves it) or x2APIC mode (MSRs 0x800..0x8ff).
+//!
+//! The mode is a state machine on `IA32_APIC_BASE` bits EN (11) and EXTD (10), as in the
+//! SDM (10.12.5); [`Lapic::set_apic_base`] refuses (the caller injects #GP) everything else:
+//!
+//! ```text
+//!            EN=1                    EN=1,EXTD=1
+//! Disabled ───────▶ XApic ───────────────────────▶ X2Apic
+//!    ▲  ◀─────────── │  (EN=0: reset)                │
+//!    └───────────────┴───────────────────────────────┘ EN=0: reset
+//! ```
+//!
+//! Disabled → X2Apic, X2Apic → XApic and EN=0/EXTD=1 are invalid. Leaving for Disabled
+//! resets every register (the ID back to the vCPU's initial ID); entering x2APIC mode fixes
+//! the ID to the initial ID and derives the logical ID from it (cluster = ID[31:4], member
+//! bit = ID[3:0]). The MMIO page answers only in xAPIC mode, the MSRs only in x2APIC mode.
 //!
 //! It accepts messages ([`Lapic::deliver`]), decides which vector the CPU takes next given
 //! the task and processor priorities ([`Lapic::pending_vector`], [`Lapic::acknowledge`]),
@@ -9,7 +25,11 @@
 //! because they change CPU state that the emulator owns.
 //!
 //! The timer counts at 1 GHz before the divider (a 1 ns bus cycle, as KVM's), computed
-//! from the clock on demand; nothing ticks. x2APIC is not modelled.
+//! from the clock on demand; nothing ticks.
+//!
+//! NMIs (ICR, LINT0/LINT1 in NMI mode, the IOAPIC) are counted, at most two waiting as in
+//! KVM (one the CPU is about to take and one latched behind it); the CPU takes them with
+//! [`Lapic::take_nmi`] and does the NMI blocking itself.
 //!
 //! The struct is its own snapshot state (plain serde); times are clock nanoseconds.
 
@@ -55,6 +75,16 @@ pub const APIC_VERSION: u32 = 0x14 | (5 << 16);
 pub const APIC_BASE_BSP: u64 = 1 << 8;
 pub const APIC_BASE_X2APIC: u64 = 1 << 10;
 pub const APIC_BASE_ENABLE: u64 = 1 << 11;
+/// `IA32_APIC_BASE` bits that are reserved below the physical-address bits (0..7, 9).
+const APIC_BASE_RESERVED_LOW: u64 = 0xff | (1 << 9);
+/// The first x2APIC MSR; register offset `o` of the xAPIC page is MSR `0x800 + o / 16`.
+pub const X2APIC_MSR_BASE: u32 = 0x800;
+/// The last x2APIC MSR.
+pub const X2APIC_MSR_END: u32 = 0x8ff;
+/// The x2APIC-only self-IPI register (offset 0x3f0 of the register map).
+const X2APIC_SELF_IPI: u64 = 0x3f0;
+/// NMIs that may wait: one for the CPU to take and one latched behind it.
+const MAX_PENDING_NMIS: u8 = 2;
 /// The default (and only supported) APIC page address.
 pub const APIC_DEFAULT_BASE: u64 = 0xfee0_0000;
 
@@ -71,6 +101,41 @@ const ESR_SEND_ILLEGAL_VECTOR: u32 = 1 << 5;
 fn divisor_for(dcr: u32) -> u64 {
     let v = (dcr & 3) | ((dcr & 8) >> 1);
     1 << ((v + 1) & 7)
+}
+
+/// The operating mode, from `IA32_APIC_BASE` EN and EXTD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApicMode {
+    /// EN=0: the APIC neither answers nor takes interrupts; the PIC reaches the core.
+    Disabled,
+    /// EN=1, EXTD=0: registers in the MMIO page.
+    XApic,
+    /// EN=1, EXTD=1: registers in MSRs 0x800..0x8ff.
+    X2Apic,
+}
+
+impl ApicMode {
+    /// The mode an `IA32_APIC_BASE` value selects; `None` for the invalid EN=0, EXTD=1.
+    pub fn of(apic_base: u64) -> Option<Self> {
+        match (
+            apic_base & APIC_BASE_ENABLE != 0,
+            apic_base & APIC_BASE_X2APIC != 0,
+        ) {
+            (false, false) => Some(ApicMode::Disabled),
+            (true, false) => Some(ApicMode::XApic),
+            (true, true) => Some(ApicMode::X2Apic),
+            (false, true) => None,
+        }
+    }
+}
+
+/// What the platform lets `IA32_APIC_BASE` hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApicBaseLimits {
+    /// x2APIC mode is offered (CPUID.1:ECX bit 21).
+    pub x2apic: bool,
+    /// Physical-address width (CPUID 0x80000008 EAX[7:0]); base bits above it are reserved.
+    pub phys_addr_bits: u8,
 }
 
 /// Timer mode from LVT timer bits 17..18.
@@ -105,34 +170,62 @@ pub enum LapicEffect {
     Lint0Changed,
 }
 
+/// How an APIC interprets logical destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogicalModel {
+    /// xAPIC, DFR 0xf...: the 8-bit MDA is a bitmap of logical IDs.
+    Flat,
+    /// xAPIC, DFR 0x0...: MDA[7:4] cluster, MDA[3:0] members.
+    Cluster,
+    /// x2APIC: MDA[31:16] cluster, MDA[15:0] members; the logical ID derives from the ID.
+    X2Apic,
+}
+
 /// The addressing state of one APIC (physical ID, logical ID and model), small enough
 /// to publish in one atomic word so that routing can skip APICs without locking them.
+/// (vCPU counts stay below 255, so even x2APIC IDs fit in a byte.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApicAddress {
     pub id: u8,
+    /// The xAPIC logical ID (LDR[31:24]); unused by the x2APIC model.
     pub logical_id: u8,
-    /// Flat logical model (DFR 0xf...); otherwise cluster model.
-    pub flat: bool,
+    pub model: LogicalModel,
+}
+
+/// The x2APIC logical ID (LDR) of x2APIC ID `id`.
+pub fn x2apic_ldr(id: u32) -> u32 {
+    ((id >> 4) << 16) | (1 << (id & 0xf))
 }
 
 impl ApicAddress {
     /// Whether a message for `dest` is for this address (shorthands always match).
     pub fn matches(&self, dest: Destination) -> bool {
         match dest {
-            Destination::Physical(id) => id == 0xff || id == self.id,
-            Destination::Logical(0xff) => true,
-            Destination::Logical(mda) if self.flat => self.logical_id & mda != 0,
-            Destination::Logical(mda) => {
-                // Cluster model: high nibble cluster, low nibble members.
-                (self.logical_id >> 4) == (mda >> 4) && (self.logical_id & mda & 0x0f) != 0
-            }
+            Destination::Physical(id) => id == Destination::BROADCAST || id == u32::from(self.id),
+            Destination::Logical(Destination::BROADCAST) => true,
+            Destination::Logical(mda) => match self.model {
+                LogicalModel::Flat => mda <= 0xff && u32::from(self.logical_id) & mda != 0,
+                LogicalModel::Cluster => {
+                    let ldr = u32::from(self.logical_id);
+                    mda <= 0xff && (ldr >> 4) == (mda >> 4) && (ldr & mda & 0x0f) != 0
+                }
+                LogicalModel::X2Apic => {
+                    let ldr = x2apic_ldr(u32::from(self.id));
+                    (ldr >> 16) == (mda >> 16) && (ldr & mda & 0xffff) != 0
+                }
+            },
             Destination::All | Destination::AllButSelf | Destination::SelfOnly => true,
         }
     }
 
     /// Packed into a `u32` (for an atomic).
     pub fn pack(&self) -> u32 {
-        u32::from(self.id) | (u32::from(self.logical_id) << 8) | (u32::from(self.flat) << 16)
+        let model = match self.model {
+            LogicalModel::Flat => 0,
+            LogicalModel::Cluster => 1,
+            LogicalModel::X2Apic => 2,
+        };
+        u32::from(self.id) | (u32::from(self.logical_id) << 8) | (model << 16)
     }
 
     /// The inverse of [`ApicAddress::pack`].
@@ -140,7 +233,11 @@ impl ApicAddress {
         ApicAddress {
             id: v as u8,
             logical_id: (v >> 8) as u8,
-            flat: v & (1 << 16) != 0,
+            model: match (v >> 16) & 3 {
+                0 => LogicalModel::Flat,
+                1 => LogicalModel::Cluster,
+                _ => LogicalModel::X2Apic,
+            },
         }
     }
 }
@@ -175,7 +272,11 @@ impl Bits256 {
 pub struct Lapic {
     /// `IA32_APIC_BASE`.
     pub apic_base: u64,
+    /// The ID register (xAPIC: writable; x2APIC: always `initial_id`).
     pub id: u8,
+    /// The vCPU's APIC ID at power-on (CPUID's initial APIC ID, the x2APIC ID).
+    #[serde(default)]
+    pub initial_id: u8,
     pub tpr: u32,
     pub ldr: u32,
     pub dfr: u32,
@@ -207,6 +308,9 @@ pub struct Lapic {
     pub extint_pending: bool,
     pub pending_init: bool,
     pub pending_sipi: Option<u8>,
+    /// NMIs waiting for the CPU (at most [`MAX_PENDING_NMIS`]).
+    #[serde(default)]
+    pub nmi_pending: u8,
 }
 
 impl Lapic {
@@ -217,6 +321,7 @@ impl Lapic {
         let mut lapic = Lapic {
             apic_base: APIC_DEFAULT_BASE | APIC_BASE_ENABLE | if bsp { APIC_BASE_BSP } else { 0 },
             id,
+            initial_id: id,
             tpr: 0,
             ldr: 0,
             dfr: 0xffff_ffff,
@@ -243,11 +348,22 @@ impl Lapic {
             extint_pending: false,
             pending_init: false,
             pending_sipi: None,
+            nmi_pending: 0,
         };
         if bsp {
             lapic.lvt_lint0 = 7 << 8; // ExtINT, unmasked
         }
         lapic
+    }
+
+    /// The operating mode (EN=0/EXTD=1 never gets stored, see [`Lapic::set_apic_base`]).
+    pub fn mode(&self) -> ApicMode {
+        ApicMode::of(self.apic_base).unwrap_or(ApicMode::Disabled)
+    }
+
+    /// Where the register page answers MMIO: only in xAPIC mode.
+    pub fn mmio_base(&self) -> Option<u64> {
+        (self.mode() == ApicMode::XApic).then_some(self.apic_base & !0xfff & ((1 << 52) - 1))
     }
 
     /// Globally enabled through `IA32_APIC_BASE`.
@@ -295,6 +411,45 @@ impl Lapic {
         self.extint_pending || self.pending_vector().is_some()
     }
 
+    /// Whether an NMI waits for the CPU.
+    pub fn has_nmi(&self) -> bool {
+        self.nmi_pending != 0
+    }
+
+    /// The CPU takes one waiting NMI; false if there was none.
+    pub fn take_nmi(&mut self) -> bool {
+        if self.nmi_pending == 0 {
+            return false;
+        }
+        self.nmi_pending -= 1;
+        true
+    }
+
+    fn raise_nmi(&mut self) {
+        if self.hw_enabled() {
+            self.nmi_pending = (self.nmi_pending + 1).min(MAX_PENDING_NMIS);
+        }
+    }
+
+    /// The LINT0 (`pin` 0) or LINT1 (`pin` 1) input is asserted: act as its LVT entry says
+    /// (fixed vector, NMI or ExtINT; masked entries and other modes do nothing).
+    pub fn assert_lint(&mut self, pin: u8) {
+        let lvt = if pin == 0 {
+            self.lvt_lint0
+        } else {
+            self.lvt_lint1
+        };
+        if lvt & LVT_MASKED != 0 || !self.hw_enabled() {
+            return;
+        }
+        match DeliveryMode::from_bits(lvt >> 8) {
+            DeliveryMode::Fixed => self.deliver((lvt & 0xff) as u8, lvt & (1 << 15) != 0),
+            DeliveryMode::Nmi => self.raise_nmi(),
+            DeliveryMode::ExtInt => self.extint_pending = true,
+            _ => {}
+        }
+    }
+
     /// Accept a fixed interrupt. Dropped while the APIC is disabled.
     pub fn deliver(&mut self, vector: u8, level_triggered: bool) {
         if !self.enabled() {
@@ -329,8 +484,9 @@ impl Lapic {
                 self.pending_sipi = None;
             }
             DeliveryMode::Startup => self.pending_sipi = Some(msg.vector),
-            // NMI and SMI are not modelled; reserved modes are dropped.
-            DeliveryMode::Nmi | DeliveryMode::Smi | DeliveryMode::Reserved => {}
+            DeliveryMode::Nmi => self.raise_nmi(),
+            // SMI is not modelled; reserved modes are dropped.
+            DeliveryMode::Smi | DeliveryMode::Reserved => {}
         }
     }
 
@@ -374,27 +530,52 @@ impl Lapic {
         self.tmr.get(v).then_some(v)
     }
 
-    /// INIT: every register back to its power-on value except the ID and `IA32_APIC_BASE`.
+    /// INIT: every register back to its power-on value except the ID and `IA32_APIC_BASE`
+    /// (in x2APIC mode the logical ID stays derived from the ID).
     pub fn init_reset(&mut self) {
         let base = self.apic_base;
         let bsp = base & APIC_BASE_BSP != 0;
-        *self = Lapic::new(self.id, bsp);
+        let (id, initial_id) = (self.id, self.initial_id);
+        *self = Lapic::new(initial_id, bsp);
+        self.id = id;
         self.apic_base = base;
+        if self.mode() == ApicMode::X2Apic {
+            self.ldr = x2apic_ldr(u32::from(self.initial_id));
+        }
     }
 
-    /// Write `IA32_APIC_BASE`. x2APIC and relocation are refused (`false`: the caller
-    /// injects #GP). Clearing the enable bit resets the APIC.
-    pub fn set_apic_base(&mut self, value: u64) -> bool {
-        if value & APIC_BASE_X2APIC != 0 || value & 0xffff_f000 != APIC_DEFAULT_BASE {
+    /// Write `IA32_APIC_BASE` (the state machine in the module documentation). `false`:
+    /// refused, the caller injects #GP — reserved bits (0..7, 9, at and above
+    /// `limits.phys_addr_bits`), EXTD without x2APIC support, and invalid transitions.
+    /// The BSP bit is read-only.
+    pub fn set_apic_base(&mut self, value: u64, limits: ApicBaseLimits) -> bool {
+        let reserved_high = u64::MAX
+            .checked_shl(u32::from(limits.phys_addr_bits))
+            .unwrap_or(0);
+        if value & (APIC_BASE_RESERVED_LOW | reserved_high) != 0
+            || (value & APIC_BASE_X2APIC != 0 && !limits.x2apic)
+        {
             return false;
         }
-        let bsp = self.apic_base & APIC_BASE_BSP;
-        let new = (value & (APIC_BASE_ENABLE | 0xffff_f000)) | bsp;
-        if new & APIC_BASE_ENABLE == 0 && self.hw_enabled() {
-            let id = self.id;
-            *self = Lapic::new(id, bsp != 0);
+        let old = self.mode();
+        let Some(new) = ApicMode::of(value) else {
+            return false;
+        };
+        match (old, new) {
+            (ApicMode::Disabled, ApicMode::X2Apic) | (ApicMode::X2Apic, ApicMode::XApic) => {
+                return false
+            }
+            (ApicMode::XApic | ApicMode::X2Apic, ApicMode::Disabled) => {
+                let bsp = self.apic_base & APIC_BASE_BSP != 0;
+                *self = Lapic::new(self.initial_id, bsp);
+            }
+            (ApicMode::XApic, ApicMode::X2Apic) => {
+                self.id = self.initial_id;
+                self.ldr = x2apic_ldr(u32::from(self.initial_id));
+            }
+            _ => {}
         }
-        self.apic_base = new;
+        self.apic_base = (value & !APIC_BASE_BSP) | (self.apic_base & APIC_BASE_BSP);
         true
     }
 
@@ -600,10 +781,15 @@ impl Lapic {
             }
             reg::ICR_HIGH => self.icr_high = value & 0xff00_0000,
             reg::LVT_TIMER => {
+                // A count that already ran out did so in the old mode.
+                self.poll_timer(now);
                 let old_mode = self.timer_mode();
                 self.lvt_timer = self.write_lvt(value, LVT_COMMON | (3 << 17));
-                if self.timer_mode() != old_mode {
-                    // Switching modes disarms the timer.
+                let new_mode = self.timer_mode();
+                if (old_mode == TimerMode::TscDeadline) != (new_mode == TimerMode::TscDeadline) {
+                    // Entering or leaving TSC-deadline mode disarms the timer; between
+                    // one-shot and periodic the count goes on (a periodic timer reloads
+                    // when it reaches zero, a one-shot one stops there).
                     self.timer_initial = 0;
                     self.timer_deadline_ns = None;
                     self.tsc_deadline = 0;
@@ -646,6 +832,79 @@ impl Lapic {
         LapicEffect::None
     }
 
+    /// RDMSR of x2APIC register MSR `index` (0x800..0x8ff). `None`: #GP — not in x2APIC
+    /// mode, or a reserved or write-only register (EOI, SELF IPI; also the xAPIC-only
+    /// APR, RRD, DFR and ICR high half).
+    pub fn msr_read(&self, index: u32, now: u64) -> Option<u64> {
+        let offset = Self::x2apic_offset(index)?;
+        if self.mode() != ApicMode::X2Apic {
+            return None;
+        }
+        let value = match offset {
+            reg::ID => u32::from(self.initial_id),
+            reg::ICR_LOW => {
+                return Some(
+                    u64::from(self.icr_low & !(1 << 12)) | (u64::from(self.icr_high) << 32),
+                )
+            }
+            reg::VERSION
+            | reg::TPR
+            | reg::PPR
+            | reg::LDR
+            | reg::SVR
+            | 0x100..=0x270
+            | reg::ESR
+            | reg::LVT_CMCI
+            | reg::LVT_TIMER..=reg::TIMER_CURRENT
+            | reg::TIMER_DIVIDE => self.read_register(offset, now),
+            _ => return None,
+        };
+        Some(u64::from(value))
+    }
+
+    /// WRMSR of x2APIC register MSR `index`. `None`: #GP — not in x2APIC mode, a reserved
+    /// or read-only register, bits 63:32 set outside the ICR, or a non-zero write to EOI
+    /// or ESR. Otherwise what the chip must do about it.
+    pub fn msr_write(&mut self, index: u32, value: u64, now: u64) -> Option<LapicEffect> {
+        let offset = Self::x2apic_offset(index)?;
+        if self.mode() != ApicMode::X2Apic {
+            return None;
+        }
+        if offset == reg::ICR_LOW {
+            self.icr_high = (value >> 32) as u32;
+            self.icr_low = (value as u32) & !(1 << 12);
+            return Some(self.send_ipi());
+        }
+        let value = u32::try_from(value).ok()?;
+        match offset {
+            reg::EOI | reg::ESR if value != 0 => None,
+            reg::TPR
+            | reg::EOI
+            | reg::SVR
+            | reg::ESR
+            | reg::LVT_CMCI
+            | reg::LVT_TIMER..=reg::TIMER_INITIAL
+            | reg::TIMER_DIVIDE => Some(self.write_register(offset, value, now)),
+            X2APIC_SELF_IPI => {
+                let vector = (value & 0xff) as u8;
+                if vector < 16 {
+                    self.report_error(ESR_SEND_ILLEGAL_VECTOR);
+                } else {
+                    self.deliver(vector, false);
+                }
+                Some(LapicEffect::None)
+            }
+            _ => None,
+        }
+    }
+
+    /// The register-map offset of x2APIC MSR `index`, if it is one.
+    fn x2apic_offset(index: u32) -> Option<u64> {
+        (X2APIC_MSR_BASE..=X2APIC_MSR_END)
+            .contains(&index)
+            .then(|| u64::from(index - X2APIC_MSR_BASE) << 4)
+    }
+
     /// The message an ICR write sends, if it sends one.
     fn send_ipi(&mut self) -> LapicEffect {
         let low = self.icr_low;
@@ -661,13 +920,15 @@ impl Lapic {
             self.report_error(ESR_SEND_ILLEGAL_VECTOR);
             return LapicEffect::None;
         }
-        let dest_field = (self.icr_high >> 24) as u8;
+        let logical = low & (1 << 11) != 0;
         let dest = match (low >> 18) & 3 {
             1 => Destination::SelfOnly,
             2 => Destination::All,
             3 => Destination::AllButSelf,
-            _ if low & (1 << 11) != 0 => Destination::Logical(dest_field),
-            _ => Destination::Physical(dest_field),
+            // x2APIC: the whole high word is the destination, 0xffffffff the broadcast.
+            _ if self.mode() == ApicMode::X2Apic && logical => Destination::Logical(self.icr_high),
+            _ if self.mode() == ApicMode::X2Apic => Destination::Physical(self.icr_high),
+            _ => Destination::xapic((self.icr_high >> 24) as u8, logical),
         };
         LapicEffect::Ipi(ApicMessage {
             vector,
@@ -682,7 +943,13 @@ impl Lapic {
         ApicAddress {
             id: self.id,
             logical_id: (self.ldr >> 24) as u8,
-            flat: self.dfr >> 28 == 0xf,
+            model: if self.mode() == ApicMode::X2Apic {
+                LogicalModel::X2Apic
+            } else if self.dfr >> 28 == 0xf {
+                LogicalModel::Flat
+            } else {
+                LogicalModel::Cluster
+            },
         }
     }
 
@@ -710,6 +977,11 @@ mod tests {
         l.mmio_read(off, &mut d, now);
         u32::from_le_bytes(d)
     }
+
+    const LIMITS: ApicBaseLimits = ApicBaseLimits {
+        x2apic: true,
+        phys_addr_bits: 40,
+    };
 
     fn enabled() -> Lapic {
         let mut l = Lapic::new(0, true);
@@ -900,7 +1172,7 @@ mod tests {
         write(&mut l, reg::LDR, 0x2100_0000, 0); // cluster 2, member bit 0
         assert!(l.matches(Destination::Logical(0x21)));
         assert!(!l.matches(Destination::Logical(0x11)));
-        assert!(l.matches(Destination::Physical(0xff)));
+        assert!(l.matches(Destination::xapic(0xff, false)));
         assert!(l.matches(Destination::Physical(0)));
         assert!(!l.matches(Destination::Physical(1)));
     }
@@ -942,9 +1214,15 @@ mod tests {
             0,
             "can't unmask while disabled"
         );
-        assert!(!l.set_apic_base(0xfee0_0c00), "x2APIC refused");
-        assert!(!l.set_apic_base(0xfed0_0800), "relocation refused");
-        assert!(l.set_apic_base(0xfee0_0000));
+        let no_x2apic = ApicBaseLimits {
+            x2apic: false,
+            ..LIMITS
+        };
+        assert!(
+            !l.set_apic_base(0xfee0_0c00, no_x2apic),
+            "x2APIC refused when not offered"
+        );
+        assert!(l.set_apic_base(0xfee0_0000, LIMITS));
         assert!(!l.hw_enabled());
         assert!(
             l.accepts_pic(),
@@ -967,5 +1245,241 @@ mod tests {
         l.mmio_read(0x32, &mut d, 0);
         assert_eq!(d, [0x05, 0x00], "upper half of the version register");
         assert_eq!(read(&l, 0xff0, 0), 0);
+    }
+
+    fn x2apic(id: u8) -> Lapic {
+        let mut l = Lapic::new(id, id == 0);
+        assert!(l.set_apic_base(l.apic_base | APIC_BASE_X2APIC, LIMITS));
+        assert_eq!(
+            l.msr_write(0x80f, 0x1ff, 0),
+            Some(LapicEffect::Lint0Changed)
+        );
+        l
+    }
+
+    #[test]
+    fn apic_base_mode_transitions_and_gp_cases() {
+        const EN: u64 = APIC_BASE_ENABLE;
+        const EXTD: u64 = APIC_BASE_X2APIC;
+        let base = APIC_DEFAULT_BASE;
+        let mut l = Lapic::new(1, false);
+        assert_eq!(l.mode(), ApicMode::XApic);
+        assert!(!l.set_apic_base(base | EXTD, LIMITS), "xAPIC to invalid");
+        assert!(l.set_apic_base(base | EN | EXTD, LIMITS), "xAPIC to x2APIC");
+        assert_eq!(l.mode(), ApicMode::X2Apic);
+        assert!(!l.set_apic_base(base | EN, LIMITS), "x2APIC to xAPIC");
+        assert!(!l.set_apic_base(base | EXTD, LIMITS), "x2APIC to invalid");
+        assert!(l.set_apic_base(base | EN | EXTD, LIMITS), "x2APIC stays");
+        assert!(l.set_apic_base(base, LIMITS), "x2APIC to disabled");
+        assert_eq!(l.mode(), ApicMode::Disabled);
+        assert!(!l.set_apic_base(base | EXTD, LIMITS), "disabled to invalid");
+        assert!(
+            !l.set_apic_base(base | EN | EXTD, LIMITS),
+            "disabled to x2APIC"
+        );
+        assert!(l.set_apic_base(base | EN, LIMITS), "disabled to xAPIC");
+        assert_eq!(l.mode(), ApicMode::XApic);
+        assert!(!l.set_apic_base(base | EN | 1, LIMITS), "reserved bit 0");
+        assert!(
+            !l.set_apic_base(base | EN | (1 << 9), LIMITS),
+            "reserved bit 9"
+        );
+        assert!(
+            !l.set_apic_base(base | EN | (1 << 40), LIMITS),
+            "above the physical-address width"
+        );
+        assert_eq!(l.apic_base, base | EN, "refused writes change nothing");
+        assert!(l.set_apic_base(0xfed4_0000 | EN | APIC_BASE_BSP, LIMITS));
+        assert_eq!(l.mmio_base(), Some(0xfed4_0000), "relocated page");
+        assert_eq!(l.apic_base & APIC_BASE_BSP, 0, "BSP bit is read-only");
+    }
+
+    #[test]
+    fn disable_resets_the_apic_and_silences_the_page() {
+        let mut l = enabled();
+        write(&mut l, reg::ID, 7 << 24, 0);
+        write(&mut l, reg::TPR, 0x30, 0);
+        l.deliver(0x40, false);
+        assert_eq!(l.mmio_base(), Some(APIC_DEFAULT_BASE));
+        assert!(l.set_apic_base(APIC_DEFAULT_BASE | APIC_BASE_BSP, LIMITS));
+        assert_eq!(l.mmio_base(), None, "the page does not answer");
+        assert!(!l.has_interrupt());
+        l.accept(&ApicMessage {
+            vector: 2,
+            mode: DeliveryMode::Nmi,
+            dest: Destination::Physical(0),
+            level_triggered: false,
+        });
+        assert!(!l.has_nmi(), "a disabled APIC takes no NMI");
+        assert!(l.set_apic_base(APIC_DEFAULT_BASE | APIC_BASE_ENABLE, LIMITS));
+        assert_eq!(
+            (l.id, l.tpr, l.svr, l.irr),
+            (0, 0, 0xff, Bits256::default()),
+            "re-enabled in the reset state, with the initial ID"
+        );
+        assert_eq!(l.mmio_base(), Some(APIC_DEFAULT_BASE));
+    }
+
+    #[test]
+    fn x2apic_id_ldr_and_register_access_rules() {
+        let mut l = Lapic::new(0x23, false);
+        assert_eq!(l.msr_read(0x802, 0), None, "MSRs #GP in xAPIC mode");
+        assert_eq!(l.msr_write(0x808, 0, 0), None);
+        write(&mut l, reg::ID, 0x05 << 24, 0);
+        assert!(l.set_apic_base(l.apic_base | APIC_BASE_X2APIC, LIMITS));
+        assert_eq!(l.mmio_base(), None, "no MMIO in x2APIC mode");
+        assert_eq!(
+            l.msr_read(0x802, 0),
+            Some(0x23),
+            "x2APIC ID is the initial ID"
+        );
+        assert_eq!(l.msr_read(0x80d, 0), Some(0x0002_0008), "cluster 2, bit 3");
+        assert_eq!(l.msr_read(0x803, 0), Some(u64::from(APIC_VERSION)));
+        for ro in [0x802, 0x803, 0x80a, 0x80d, 0x810, 0x818, 0x820, 0x839] {
+            assert_eq!(l.msr_write(ro, 0, 0), None, "read-only {ro:#x}");
+        }
+        for wo in [0x80b, 0x83f] {
+            assert_eq!(l.msr_read(wo, 0), None, "write-only {wo:#x}");
+        }
+        for absent in [0x809, 0x80c, 0x80e, 0x831, 0x8ff] {
+            assert_eq!(l.msr_read(absent, 0), None, "reserved {absent:#x}");
+            assert_eq!(l.msr_write(absent, 0, 0), None, "reserved {absent:#x}");
+        }
+        assert_eq!(l.msr_write(0x808, 1 << 32, 0), None, "bits 63:32 reserved");
+        assert_eq!(l.msr_write(0x80b, 1, 0), None, "EOI takes only 0");
+        assert_eq!(l.msr_write(0x828, 1, 0), None, "ESR takes only 0");
+        assert_eq!(l.msr_write(0x808, 0x50, 0), Some(LapicEffect::None));
+        assert_eq!((l.tpr, l.msr_read(0x808, 0)), (0x50, Some(0x50)));
+        // INIT keeps the mode and the derived logical ID.
+        l.init_reset();
+        assert_eq!(l.mode(), ApicMode::X2Apic);
+        assert_eq!(l.msr_read(0x80d, 0), Some(0x0002_0008));
+    }
+
+    #[test]
+    fn x2apic_icr_is_64_bit_and_self_ipi_delivers() {
+        let mut l = x2apic(1);
+        let e = l.msr_write(0x830, (0x1_0005_u64 << 32) | 0x0800 | 0x40, 0);
+        assert_eq!(
+            e,
+            Some(LapicEffect::Ipi(ApicMessage {
+                vector: 0x40,
+                mode: DeliveryMode::Fixed,
+                dest: Destination::Logical(0x1_0005),
+                level_triggered: false,
+            }))
+        );
+        assert_eq!(l.msr_read(0x830, 0), Some((0x1_0005_u64 << 32) | 0x0840));
+        let e = l.msr_write(0x830, (0xffff_ffff_u64 << 32) | 0x41, 0);
+        assert!(
+            matches!(e, Some(LapicEffect::Ipi(m)) if m.dest == Destination::Physical(Destination::BROADCAST))
+        );
+        assert_eq!(l.msr_write(0x83f, 0x55, 0), Some(LapicEffect::None));
+        assert_eq!(l.acknowledge(), Some(0x55));
+        assert_eq!(l.msr_write(0x83f, 1 << 8, 0), Some(LapicEffect::None));
+        assert_eq!(l.msr_write(0x828, 0, 0), Some(LapicEffect::None));
+        assert_eq!(
+            l.msr_read(0x828, 0),
+            Some(u64::from(ESR_SEND_ILLEGAL_VECTOR)),
+            "self IPI with vector 0"
+        );
+    }
+
+    #[test]
+    fn x2apic_addresses_match_by_32_bit_id_and_cluster() {
+        let l = x2apic(0x13);
+        let a = l.address();
+        assert!(a.matches(Destination::Physical(0x13)));
+        assert!(!a.matches(Destination::Physical(0x113)));
+        assert!(a.matches(Destination::Physical(Destination::BROADCAST)));
+        assert!(a.matches(Destination::Logical(0x0001_000c)));
+        assert!(
+            !a.matches(Destination::Logical(0x0000_0008)),
+            "other cluster"
+        );
+        assert!(a.matches(Destination::Logical(Destination::BROADCAST)));
+        assert_eq!(ApicAddress::unpack(a.pack()), a);
+        // The IOAPIC's 8-bit logical destination reaches cluster 0 members.
+        let a0 = x2apic(2).address();
+        assert!(a0.matches(Destination::xapic(0x0d, true)));
+        assert!(
+            a0.matches(Destination::xapic(0xff, false)),
+            "xAPIC broadcast"
+        );
+    }
+
+    #[test]
+    fn nmi_from_icr_and_lint_counts_at_most_two() {
+        let mut l = enabled();
+        let e = write(&mut l, reg::ICR_LOW, (1 << 18) | 0x400, 0);
+        let Some(msg) = (match e {
+            LapicEffect::Ipi(m) => Some(m),
+            _ => None,
+        }) else {
+            panic!("NMI IPI expected, got {e:?}");
+        };
+        assert_eq!(
+            (msg.mode, msg.dest),
+            (DeliveryMode::Nmi, Destination::SelfOnly)
+        );
+        for _ in 0..3 {
+            l.accept(&msg);
+        }
+        assert!(l.has_nmi());
+        assert!(!l.has_interrupt(), "an NMI is not a maskable interrupt");
+        assert!(l.take_nmi() && l.take_nmi());
+        assert!(!l.take_nmi(), "three NMIs merge into two");
+        // LINT1 in NMI mode; LINT0 masked does nothing.
+        write(&mut l, reg::LVT_LINT1, 4 << 8, 0);
+        write(&mut l, reg::LVT_LINT0, LVT_MASKED | (7 << 8), 0);
+        l.assert_lint(0);
+        assert!(!l.has_nmi() && !l.has_interrupt());
+        l.assert_lint(1);
+        assert!(l.take_nmi());
+        write(&mut l, reg::LVT_LINT0, 0x31, 0);
+        l.assert_lint(0);
+        assert_eq!(l.acknowledge(), Some(0x31), "LINT0 in fixed mode");
+    }
+
+    #[test]
+    fn timer_mode_switch_keeps_the_count_except_for_tsc_deadline() {
+        let mut l = enabled();
+        write(&mut l, reg::TIMER_DIVIDE, 0xb, 0);
+        write(&mut l, reg::LVT_TIMER, 0xec, 0);
+        const MS: u64 = 1_000_000;
+        write(&mut l, reg::TIMER_INITIAL, 1_000_000, 0);
+        write(&mut l, reg::LVT_TIMER, (1 << 17) | 0xec, 600_000);
+        assert_eq!(
+            read(&l, reg::TIMER_INITIAL, 600_000),
+            1_000_000,
+            "initial count kept"
+        );
+        assert_eq!(
+            read(&l, reg::TIMER_CURRENT, 600_000),
+            400_000,
+            "still counting down"
+        );
+        assert!(l.poll_timer(MS));
+        assert_eq!(l.timer_deadline(), Some(2 * MS), "periodic now: reloads");
+        write(&mut l, reg::LVT_TIMER, 0xec, 3 * MS / 2);
+        assert!(l.poll_timer(2 * MS));
+        assert_eq!(
+            read(&l, reg::TIMER_CURRENT, 5 * MS / 2),
+            0,
+            "one-shot: stops at 0"
+        );
+        write(&mut l, reg::LVT_TIMER, (1 << 17) | 0xec, 5 * MS / 2);
+        assert_eq!(
+            read(&l, reg::TIMER_CURRENT, 3 * MS),
+            0,
+            "expired stays at 0"
+        );
+        write(&mut l, reg::TIMER_INITIAL, 1000, 3 * MS);
+        write(&mut l, reg::LVT_TIMER, (2 << 17) | 0xec, 3 * MS);
+        assert_eq!(
+            (read(&l, reg::TIMER_INITIAL, 3 * MS), l.timer_deadline()),
+            (0, None),
+            "TSC-deadline mode disarms"
+        );
     }
 }

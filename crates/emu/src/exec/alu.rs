@@ -27,7 +27,7 @@ impl Cpu {
             if ins.op1_kind() == OpKind::Register {
                 let s = ins.op1_register();
                 if s.is_cr() || s.is_dr() {
-                    return self.mov_from_cr_dr(ins);
+                    return self.mov_from_cr_dr(io, ins);
                 }
             }
             let size = d.size();

@@ -9,6 +9,9 @@ use crate::flags::{IF, RF, VM};
 use crate::platform::Platform;
 use crate::state::SegmentState;
 
+/// CPUID.1:EDX bit 9: an enabled local APIC is present.
+const LEAF1_EDX_APIC: u32 = 1 << 9;
+
 impl Cpu {
     fn require_cpl0(&self) -> R<()> {
         if self.cpl != 0 {
@@ -18,7 +21,7 @@ impl Cpu {
         }
     }
 
-    pub(super) fn mov_from_cr_dr(&mut self, ins: &Instruction) -> R<()> {
+    pub(super) fn mov_from_cr_dr(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
         self.require_cpl0()?;
         let s = ins.op1_register();
         if s.is_dr() {
@@ -32,7 +35,8 @@ impl Cpu {
             Register::CR2 => self.cr2,
             Register::CR3 => self.cr3,
             Register::CR4 => self.cr4,
-            Register::CR8 => self.cr8,
+            // CR8 is the local APIC's TPR[7:4]: the platform owns it.
+            Register::CR8 => io.cr8(),
             _ => return Err(ud()),
         };
         let d = ins.op0_register();
@@ -40,7 +44,7 @@ impl Cpu {
         Ok(())
     }
 
-    pub(super) fn mov_to_cr_dr(&mut self, _io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+    pub(super) fn mov_to_cr_dr(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
         self.require_cpl0()?;
         let v = self.reg_read(ins.op1_register());
         let d = ins.op0_register();
@@ -61,7 +65,7 @@ impl Cpu {
                 if v > 15 {
                     return Err(gp0());
                 }
-                self.cr8 = v;
+                io.set_cr8(v);
                 Ok(())
             }
             r if r.is_dr() => self.write_dr(r as usize - Register::DR0 as usize, v),
@@ -129,8 +133,12 @@ impl Cpu {
                 Ok(())
             }
             M::Cpuid => {
-                let (a, b, c, d) =
-                    crate::cpuid::lookup(&self.cpuid, self.gpr[0] as u32, self.gpr[1] as u32);
+                let leaf = self.gpr[0] as u32;
+                let (a, b, c, mut d) = crate::cpuid::lookup(&self.cpuid, leaf, self.gpr[1] as u32);
+                if leaf == 1 && self.msr.apic_base & crate::msr::APIC_BASE_ENABLE == 0 {
+                    // CPUID.1:EDX.APIC follows IA32_APIC_BASE's global enable, as on hardware.
+                    d &= !LEAF1_EDX_APIC;
+                }
                 self.gpr[0] = a as u64;
                 self.gpr[3] = b as u64;
                 self.gpr[1] = c as u64;

@@ -1,8 +1,11 @@
-//! What one emulated vCPU sees around it: the irqchip for interrupts, its local APIC and
-//! the IOAPIC, the PIC/PIT ports and time, and the VMM's device buses for everything else.
-//! Every access is counted under the exit reason it would have on KVM.
+//! What one emulated vCPU sees around it: the irqchip for interrupts and NMIs, its local
+//! APIC (the MMIO page in xAPIC mode, wherever `IA32_APIC_BASE` puts it; MSRs 0x800..0x8ff
+//! in x2APIC mode; the TPR as CR8) and the IOAPIC, the PIC/PIT ports and time, and the
+//! VMM's device buses for everything else. Every access is counted under the exit reason it
+//! would have on KVM.
 
 use arch::layout;
+use arch::msr::{MSR_X2APIC_BASE, MSR_X2APIC_END};
 use devices::irqchip::SwIrqChip;
 
 use crate::{ExitCounters, ExitReason, IoHandler};
@@ -43,7 +46,7 @@ impl emu::Platform for SwPlatform<'_> {
 
     fn mmio_read(&mut self, gpa: u64, data: &mut [u8]) {
         self.counters.count(ExitReason::MmioRead);
-        if let Some(off) = in_range(gpa, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+        if let Some(off) = self.chip.lapic_mmio_offset(self.cpu, gpa) {
             self.chip.lapic_read(self.cpu, off, data);
         } else if let Some(off) = in_range(gpa, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
             self.chip.ioapic_read(off, data);
@@ -55,7 +58,7 @@ impl emu::Platform for SwPlatform<'_> {
 
     fn mmio_write(&mut self, gpa: u64, data: &[u8]) {
         self.counters.count(ExitReason::MmioWrite);
-        if let Some(off) = in_range(gpa, layout::LAPIC_BASE, layout::LAPIC_SIZE) {
+        if let Some(off) = self.chip.lapic_mmio_offset(self.cpu, gpa) {
             self.chip.lapic_write(self.cpu, off, data);
         } else if let Some(off) = in_range(gpa, layout::IOAPIC_BASE, layout::IOAPIC_SIZE) {
             self.chip.ioapic_write(off, data);
@@ -77,8 +80,24 @@ impl emu::Platform for SwPlatform<'_> {
         self.chip.tsc_now()
     }
 
-    fn apic_base_written(&mut self, value: u64) {
-        self.chip.set_apic_base(self.cpu, value);
+    fn nmi_pending(&mut self) -> bool {
+        self.chip.nmi_pending(self.cpu)
+    }
+
+    fn take_nmi(&mut self) -> bool {
+        self.chip.take_nmi(self.cpu)
+    }
+
+    fn cr8(&mut self) -> u64 {
+        self.chip.cr8(self.cpu)
+    }
+
+    fn set_cr8(&mut self, value: u64) {
+        self.chip.set_cr8(self.cpu, value);
+    }
+
+    fn apic_base_written(&mut self, value: u64) -> bool {
+        self.chip.set_apic_base(self.cpu, value)
     }
 
     fn tsc_deadline_written(&mut self, deadline: u64) {
@@ -89,6 +108,7 @@ impl emu::Platform for SwPlatform<'_> {
         match index {
             MSR_APIC_BASE => Some(self.chip.apic_base(self.cpu)),
             MSR_TSC_DEADLINE => Some(self.chip.tsc_deadline(self.cpu)),
+            MSR_X2APIC_BASE..=MSR_X2APIC_END => self.chip.lapic_msr_read(self.cpu, index),
             _ => None,
         }
     }
@@ -100,6 +120,7 @@ impl emu::Platform for SwPlatform<'_> {
                 self.chip.set_tsc_deadline(self.cpu, value);
                 true
             }
+            MSR_X2APIC_BASE..=MSR_X2APIC_END => self.chip.lapic_msr_write(self.cpu, index, value),
             _ => false,
         }
     }

@@ -79,7 +79,6 @@ pub fn to_emu(s: &CpuState, base: CpuRegs) -> CpuRegs {
         cr2: s.cr2,
         cr3: s.cr3,
         cr4: s.cr4,
-        cr8: s.cr8,
         efer: s.efer,
         msrs,
         halted: false,
@@ -106,7 +105,8 @@ pub fn from_emu(r: &CpuRegs) -> CpuState {
         cr2: r.cr2,
         cr3: r.cr3,
         cr4: r.cr4,
-        cr8: r.cr8,
+        // CR8 is the local APIC's TPR: the vCPU fills it in from the irqchip.
+        cr8: 0,
         efer: r.efer,
         msrs: r.msrs.clone(),
     }

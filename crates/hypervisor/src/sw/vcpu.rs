@@ -107,12 +107,15 @@ impl Vcpu for SwVcpu {
     fn set_state(&mut self, s: &CpuState) -> Result<(), Error> {
         let regs = state::to_emu(s, self.cpu.regs());
         self.cpu.set_regs(&regs);
+        self.chip.set_cr8(self.slot(), s.cr8 & 0xf);
         self.waiting_for_sipi = false;
         Ok(())
     }
 
     fn state(&mut self) -> Result<CpuState, Error> {
-        Ok(state::from_emu(&self.cpu.regs()))
+        let mut s = state::from_emu(&self.cpu.regs());
+        s.cr8 = self.chip.cr8(self.slot());
+        Ok(s)
     }
 
     fn run(&mut self, io: &dyn IoHandler) -> Result<VmExit, Error> {

@@ -92,9 +92,17 @@ impl SwVm {
         let offer: Vec<CpuidEntry> = emu::cpuid::supported().iter().map(to_arch).collect();
         let guest = arch::cpuid::guest_cpuid(&offer, 0, u32::from(cpus), &unedited);
         arch::cpuid::check_edits(&guest, cpu_features, ENGINE)?;
+        // IA32_APIC_BASE accepts what this CPU model offers: x2APIC mode only if CPUID
+        // announces it after the user's edits, base bits up to the physical-address width.
+        let edited = vcpu_cpuid(0, u32::from(cpus), &policy);
+        let leaf = |f: u32| edited.iter().find(|l| l.function == f && l.index == 0);
+        let x2apic = leaf(1).is_some_and(|l| l.ecx & arch::cpuid::leaf1::ECX_X2APIC != 0);
+        let phys_bits =
+            leaf(0x8000_0008).map_or(SwIrqChip::DEFAULT_PHYS_ADDR_BITS, |l| (l.eax & 0xff) as u8);
         let clock = Arc::new(MonotonicClock::new());
         let chip = SwIrqChip::new(usize::from(cpus), TSC_HZ, clock)
-            .map_err(|e| Error::Sw(e.to_string()))?;
+            .map_err(|e| Error::Sw(e.to_string()))?
+            .with_apic_base_limits(x2apic, phys_bits);
         Ok(SwVm {
             ram: emu::GuestRam::new(mem),
             chip: Arc::new(chip),

@@ -501,3 +501,86 @@ fn concurrent_device_interrupts_and_ipis_reach_a_halted_vcpu() {
     assert_eq!(device_seen.load(Ordering::SeqCst), ROUNDS);
     assert_eq!(ipi_seen.load(Ordering::SeqCst), ROUNDS);
 }
+
+#[test]
+fn nmi_ipis_reach_their_targets_and_wake_a_halted_cpu() {
+    let (c, _clock) = chip(3);
+    enable_apics(&c);
+    // NMI to CPU 1 by physical ID.
+    lapic_w(&c, 0, reg::ICR_HIGH, 1 << 24);
+    lapic_w(&c, 0, reg::ICR_LOW, 0x4400);
+    assert!(c.nmi_pending(1) && !c.nmi_pending(0) && !c.nmi_pending(2));
+    assert!(!c.interrupt_pending(1), "NMIs are not maskable interrupts");
+    assert_eq!(
+        c.wait_with(1, None, false),
+        WakeReason::Nmi,
+        "an NMI ends HLT even with IF=0"
+    );
+    assert!(c.take_nmi(1));
+    assert!(!c.take_nmi(1) && !c.nmi_pending(1));
+    // Self and all-excluding-self shorthands.
+    lapic_w(&c, 2, reg::ICR_LOW, (1 << 18) | 0x400);
+    assert!(c.nmi_pending(2) && !c.nmi_pending(0));
+    lapic_w(&c, 2, reg::ICR_LOW, (3 << 18) | 0x400);
+    assert!(c.take_nmi(0) && c.take_nmi(1) && c.take_nmi(2));
+    assert!(!c.take_nmi(2), "all-excluding-self skipped the sender");
+    // LINT1 wired as NMI.
+    lapic_w(&c, 1, reg::LVT_LINT1, 4 << 8);
+    c.assert_lint(1, 1);
+    assert!(c.take_nmi(1));
+}
+
+#[test]
+fn x2apic_msrs_mmio_window_and_ipis_through_the_chip() {
+    let (c, _clock) = chip(2);
+    let base = 0xfee0_0000;
+    assert_eq!(c.lapic_mmio_offset(1, base + 0x30), Some(0x30));
+    assert_eq!(c.lapic_msr_read(1, 0x802), None, "#GP in xAPIC mode");
+    for cpu in 0..2 {
+        let v = c.apic_base(cpu) | (1 << 10);
+        assert!(c.set_apic_base(cpu, v));
+        assert!(c.lapic_msr_write(cpu, 0x80f, 0x1ff));
+    }
+    assert_eq!(
+        c.lapic_mmio_offset(1, base + 0x30),
+        None,
+        "no MMIO in x2APIC"
+    );
+    assert_eq!(c.lapic_msr_read(1, 0x802), Some(1));
+    assert!(
+        !c.lapic_msr_write(1, 0x802, 5),
+        "the x2APIC ID is read-only"
+    );
+    // Logical cluster 0, member bit 1 = CPU 1.
+    assert!(c.lapic_msr_write(0, 0x830, (0x2 << 32) | 0x800 | 0x61));
+    assert_eq!(c.acknowledge(1), Some(0x61));
+    assert_eq!(c.acknowledge(0), None);
+    assert!(c.lapic_msr_write(1, 0x80b, 0), "EOI");
+    // Physical broadcast 0xffffffff.
+    assert!(c.lapic_msr_write(1, 0x830, (0xffff_ffff << 32) | 0x62));
+    assert_eq!(
+        (c.acknowledge(0), c.acknowledge(1)),
+        (Some(0x62), Some(0x62))
+    );
+    // Disabled: the page and the MSRs are gone; the chip without x2APIC refuses EXTD.
+    assert!(c.set_apic_base(1, 0xfee0_0000));
+    assert_eq!(c.lapic_mmio_offset(1, base), None);
+    assert_eq!(c.lapic_msr_read(1, 0x803), None);
+    let (plain, _clock) = chip(1);
+    let plain = Arc::try_unwrap(plain)
+        .unwrap()
+        .with_apic_base_limits(false, 40);
+    assert!(!plain.set_apic_base(0, plain.apic_base(0) | (1 << 10)));
+}
+
+#[test]
+fn past_tsc_deadline_is_pending_when_the_write_returns() {
+    let (c, clock) = chip(1);
+    enable_apics(&c);
+    lapic_w(&c, 0, reg::LVT_TIMER, (2 << 17) | 0xe9);
+    clock.advance(Duration::from_micros(5));
+    c.set_tsc_deadline(0, c.tsc_now());
+    assert!(c.interrupt_pending(0));
+    assert_eq!(c.tsc_deadline(0), 0, "reads 0 once fired");
+    assert_eq!(c.acknowledge(0), Some(0xe9));
+}
