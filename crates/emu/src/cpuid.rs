@@ -78,7 +78,8 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     match leaf {
         0 => {
             let (b, d, c) = regs(b"AuthenticAMD");
-            (7, b, c, d)
+            // Up to the extended topology leaf 0xB (x2APIC IDs; the policy fills it).
+            (0xb, b, c, d)
         }
         1 => {
             // Family 15, model 107 (ext. model 6, model 0xb), stepping 1.
@@ -148,6 +149,8 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             (w(0), w(4), w(8), w(12))
         }
         0x8000_0007 => (0, 0, 0, 1 << 8), // invariant TSC
+        // Extended topology: a placeholder the platform policy rebuilds per vCPU.
+        0xb => (0, 1, 0x100, 0),
         0x8000_0008 => (0x3028, 0, 0, 0), // 40 physical, 48 linear address bits
         // Extended features 2: a null selector loaded into FS/GS clears the base.
         0x8000_0021 => (1 << 6, 0, 0, 0),
