@@ -28,8 +28,43 @@ pub fn default_suite_dir(repo_root: &Path) -> PathBuf {
     }
 }
 
+/// Host CPUs shared by the tests that run at once: a test holds one slot per vCPU (at
+/// most all of them), so timing-sensitive SMP tests are not starved by their neighbours.
+struct Slots {
+    free: Mutex<usize>,
+    freed: std::sync::Condvar,
+    total: usize,
+}
+
+impl Slots {
+    fn new(total: usize) -> Slots {
+        Slots {
+            free: Mutex::new(total),
+            freed: std::sync::Condvar::new(),
+            total,
+        }
+    }
+
+    fn take(&self, want: usize) -> usize {
+        let want = want.clamp(1, self.total);
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free < want {
+            free = self.freed.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= want;
+        want
+    }
+
+    fn give(&self, n: usize) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        *free += n;
+        self.freed.notify_all();
+    }
+}
+
 /// Runs the x86_64 entries of `entries` whose names contain one of `filters` (all when
-/// empty), `jobs` at a time; `report` is called as each finishes.
+/// empty), with at most `jobs` vCPUs running at once; `report` is called as each
+/// finishes.
 pub fn run_suite(
     entries: &[cfg::Entry],
     suite_x86: &Path,
@@ -45,6 +80,7 @@ pub fn run_suite(
         .collect();
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
+    let slots = Slots::new(jobs.max(1));
     std::thread::scope(|s| {
         for _ in 0..jobs.max(1) {
             s.spawn(|| loop {
@@ -58,13 +94,18 @@ pub fn run_suite(
                         notes: vec![],
                         log: None,
                     },
-                    Ok(inv) => run::run(&e.name, &inv, log_dir).unwrap_or_else(|err| TestResult {
-                        name: e.name.clone(),
-                        outcome: Outcome::Fail(format!("could not start the VMM: {err}")),
-                        elapsed: Default::default(),
-                        notes: inv.notes.clone(),
-                        log: None,
-                    }),
+                    Ok(inv) => {
+                        let held = slots.take(e.smp as usize);
+                        let r = run::run(&e.name, &inv, log_dir).unwrap_or_else(|err| TestResult {
+                            name: e.name.clone(),
+                            outcome: Outcome::Fail(format!("could not start the VMM: {err}")),
+                            elapsed: Default::default(),
+                            notes: inv.notes.clone(),
+                            log: None,
+                        });
+                        slots.give(held);
+                        r
+                    }
                 };
                 report(&r);
                 if let Ok(mut v) = results.lock() {
@@ -108,4 +149,21 @@ pub fn totals(results: &[TestResult]) -> Vec<(&'static str, usize)> {
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_test_holds_one_slot_per_vcpu_up_to_all_of_them() {
+        let s = Slots::new(2);
+        assert_eq!(s.take(4), 2, "an 4-vCPU test on 2 CPUs takes both");
+        s.give(2);
+        assert_eq!(s.take(1), 1);
+        assert_eq!(s.take(1), 1);
+        assert_eq!(*s.free.lock().unwrap(), 0);
+        s.give(2);
+        assert_eq!(s.take(0), 1, "every test holds at least one slot");
+    }
 }

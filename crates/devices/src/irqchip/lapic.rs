@@ -854,7 +854,7 @@ impl Lapic {
             | reg::SVR
             | 0x100..=0x270
             | reg::ESR
-            | reg::LVT_CMCI
+            // No LVT CMCI: the version register reports five LVT entries (as AMD).
             | reg::LVT_TIMER..=reg::TIMER_CURRENT
             | reg::TIMER_DIVIDE => self.read_register(offset, now),
             _ => return None,
@@ -882,9 +882,10 @@ impl Lapic {
             | reg::EOI
             | reg::SVR
             | reg::ESR
-            | reg::LVT_CMCI
             | reg::LVT_TIMER..=reg::TIMER_INITIAL
             | reg::TIMER_DIVIDE => Some(self.write_register(offset, value, now)),
+            // Bits 31:8 of the self-IPI register are reserved.
+            X2APIC_SELF_IPI if value > 0xff => None,
             X2APIC_SELF_IPI => {
                 let vector = (value & 0xff) as u8;
                 if vector < 16 {
@@ -1341,13 +1342,17 @@ mod tests {
         for wo in [0x80b, 0x83f] {
             assert_eq!(l.msr_read(wo, 0), None, "write-only {wo:#x}");
         }
-        for absent in [0x809, 0x80c, 0x80e, 0x831, 0x8ff] {
+        // 0x82f: LVT CMCI, absent with five LVT entries.
+        for absent in [0x809, 0x80c, 0x80e, 0x82f, 0x831, 0x8ff] {
             assert_eq!(l.msr_read(absent, 0), None, "reserved {absent:#x}");
             assert_eq!(l.msr_write(absent, 0, 0), None, "reserved {absent:#x}");
         }
         assert_eq!(l.msr_write(0x808, 1 << 32, 0), None, "bits 63:32 reserved");
         assert_eq!(l.msr_write(0x80b, 1, 0), None, "EOI takes only 0");
         assert_eq!(l.msr_write(0x828, 1, 0), None, "ESR takes only 0");
+        for reserved in [0x100, 0xff00, 0xff00_0000] {
+            assert_eq!(l.msr_write(0x83f, reserved, 0), None, "self-IPI bits 31:8");
+        }
         assert_eq!(l.msr_write(0x808, 0x50, 0), Some(LapicEffect::None));
         assert_eq!((l.tpr, l.msr_read(0x808, 0)), (0x50, Some(0x50)));
         // INIT keeps the mode and the derived logical ID.
@@ -1376,7 +1381,7 @@ mod tests {
         );
         assert_eq!(l.msr_write(0x83f, 0x55, 0), Some(LapicEffect::None));
         assert_eq!(l.acknowledge(), Some(0x55));
-        assert_eq!(l.msr_write(0x83f, 1 << 8, 0), Some(LapicEffect::None));
+        assert_eq!(l.msr_write(0x83f, 0, 0), Some(LapicEffect::None));
         assert_eq!(l.msr_write(0x828, 0, 0), Some(LapicEffect::None));
         assert_eq!(
             l.msr_read(0x828, 0),
