@@ -156,6 +156,10 @@ async fn dispatch(c: &Client, args: VmArgs) -> anyhow::Result<i32> {
     };
     match args.command {
         VmCommand::Create(a) => {
+            anyhow::ensure!(
+                !a.devices.test_device,
+                "--test-device is for `wirt run` (conformance tests), not for daemon VMs"
+            );
             let Guest {
                 kernel,
                 initrd,

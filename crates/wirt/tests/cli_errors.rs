@@ -53,3 +53,40 @@ fn bad_flag_values_are_usage_errors() {
     assert_ne!(r.status, 0, "{r:?}");
     assert!(r.stderr.contains("bad memory size"), "{r:?}");
 }
+
+#[test]
+fn cpu_feature_edits_are_checked() {
+    let r = wirt(&["run", "--cpu-features", "+warp"]);
+    assert_ne!(r.status, 0, "{r:?}");
+    assert!(r.stderr.contains("unknown CPU feature `warp`"), "{r:?}");
+    let r = wirt(&["run", "--cpu-features", "x2apic"]);
+    assert_ne!(r.status, 0, "{r:?}");
+    assert!(r.stderr.contains("must start with + or -"), "{r:?}");
+    // A feature the software engine does not implement is refused, not pretended.
+    let kernel = test_guests::path("hello64");
+    let r = wirt_run(
+        &kernel,
+        &[
+            "--engine",
+            "sw",
+            "--serial",
+            "null",
+            "--cpu-features",
+            "+vmx",
+        ],
+    );
+    assert_one_line_error(&r, "cannot offer CPU feature `vmx`");
+}
+
+#[test]
+fn the_test_device_is_refused_for_daemon_vms() {
+    let r = wirt(&[
+        "vm",
+        "create",
+        "t",
+        "--kernel",
+        "/bin/true",
+        "--test-device",
+    ]);
+    assert_one_line_error(&r, "--test-device is for `wirt run`");
+}
