@@ -64,3 +64,8 @@ pub(super) fn lane_mask<T: From<u8> + std::ops::Not<Output = T>>(t: bool) -> T {
         T::from(0)
     }
 }
+
+/// The sign bits of the 16 bytes (PMOVMSKB).
+pub(super) fn byte_signs(v: u128) -> u64 {
+    (0..16).map(|i| ((v >> (8 * i + 7)) & 1) << i).sum::<u128>() as u64
+}

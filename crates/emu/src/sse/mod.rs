@@ -469,7 +469,7 @@ impl Cpu {
                     Movmskps => (0..4)
                         .map(|i| ((s >> (32 * i + 31)) & 1) << i)
                         .sum::<u128>() as u64,
-                    _ => (0..16).map(|i| ((s >> (8 * i + 7)) & 1) << i).sum::<u128>() as u64,
+                    _ => byte_signs(s),
                 };
                 let d = ins.op0_register();
                 self.reg_write(d, v);
@@ -541,6 +541,17 @@ impl Cpu {
         }
         let a = self.xreg0(ins);
         let b = self.xsrc(io, ins, 1)?;
+        match self.sse_values(ins.mnemonic(), ins, a, b)? {
+            Some(r) => self.xdst(io, ins, r),
+            None => Ok(()),
+        }
+    }
+
+    /// The lanes of instruction `m` (normally `ins`'s mnemonic) on destination `a` and
+    /// source `b`: the result to write, or None if the instruction wrote its result (flags,
+    /// a GPR) itself.
+    fn sse_values(&mut self, m: M, ins: &Instruction, a: u128, b: u128) -> R<Option<u128>> {
+        use M::*;
         let rc = (self.fpu.mxcsr >> 13) & 3;
         let rcm = Rc::from_mxcsr(self.fpu.mxcsr);
         let r: u128 = match m {
@@ -816,7 +827,7 @@ impl Cpu {
                     Some(std::cmp::Ordering::Greater) => 0,
                 };
                 self.flags.set_arith(f);
-                return Ok(());
+                return Ok(None);
             }
             Cmpsd | Cmpss | Cmppd | Cmpps => {
                 let p = ins.immediate(2) as u8;
@@ -875,7 +886,7 @@ impl Cpu {
                 };
                 let r = f2i(v, bits, rc, matches!(m, Cvttsd2si | Cvttss2si));
                 self.reg_write(d, r);
-                return Ok(());
+                return Ok(None);
             }
             Cvtsd2ss => {
                 let v = rounding::f64_to_f32(f64::from_bits(b as u64), rcm);
@@ -930,7 +941,7 @@ impl Cpu {
                 }
             }
         };
-        self.xdst(io, ins, r)
+        Ok(Some(r))
     }
 
     /// PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM: lengths from EAX/EDX (RAX/RDX for the
