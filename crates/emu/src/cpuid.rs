@@ -1,6 +1,6 @@
 //! CPUID: what the software engine implements — an x86-64-v2 CPU plus the
 //! general-purpose part of x86-64-v3: FPU, TSC, MSR, PAE, PSE, CX8, APIC, MTRR, PGE, CMOV,
-//! PAT, CLFLUSH, MMX bit, FXSR, SSE, SSE2; SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2,
+//! PAT, CLFLUSH, MMX, FXSR, SSE, SSE2; SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2,
 //! MOVBE, POPCNT, AES (leaf 1); BMI1, BMI2 (leaf 7); SYSCALL, NX, 1G pages, RDTSCP, LM,
 //! LAHF, ABM/LZCNT (leaf 0x8000_0001); invariant TSC; hypervisor bit; the x2APIC and
 //! TSC-deadline MSRs, which the local APIC behind `Platform` backs or refuses. Not

@@ -1,7 +1,6 @@
 //! Integer lane instructions of SSSE3, SSE4.1 and SSE4.2 (PCMPGTQ) on XMM registers: pure
 //! functions of the destination `a`, the source `b`, the immediate and (for the variable
-//! blends) XMM0. MMX-register forms of SSSE3 are not implemented (#UD like the other
-//! MMX forms).
+//! blends) XMM0. SSSE3's MMX-register forms use them too (`mmx.rs`).
 
 use iced_x86::Mnemonic as M;
 

@@ -13,8 +13,8 @@
 //! MXCSR exception flags: only ROUND* sets them (invalid for a signalling NaN, precision
 //! when inexact unless imm bit 3 suppresses it); every other instruction leaves them
 //! unchanged, and SIMD floating-point exceptions (#XM) are never raised, whatever the
-//! MXCSR masks say. MMX-register forms (SSE2 and SSSE3 alike) are not implemented (#UD,
-//! logged once).
+//! MXCSR masks say. The MMX-register forms (and EMMS) go to `mmx`, which computes them
+//! with the same lane operations on 64-bit values.
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
@@ -27,6 +27,7 @@ mod crypto;
 mod float;
 mod int;
 mod lanes;
+mod mmx;
 mod rounding;
 mod string;
 
@@ -38,6 +39,7 @@ pub fn handles(m: M) -> bool {
     int::handles(m)
         || float::handles(m)
         || crypto::handles(m)
+        || mmx::handles(m)
         || matches!(
             m,
             Movntdqa
@@ -366,17 +368,14 @@ impl Cpu {
     }
 
     pub(crate) fn sse(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+        if mmx::is_mmx_form(ins) {
+            return self.mmx(io, ins);
+        }
         if self.cr0 & CR0_EM != 0 || self.cr4 & CR4_OSFXSR == 0 {
             return Err(ud());
         }
         if self.cr0 & CR0_TS != 0 {
             return Err(Fault::new(NM));
-        }
-        // MMX-register forms are not implemented.
-        for i in 0..ins.op_count() {
-            if ins.op_kind(i) == OpKind::Register && ins.op_register(i).is_mm() {
-                return Err(self.unimplemented(ins));
-            }
         }
         use M::*;
         let m = ins.mnemonic();
@@ -547,9 +546,9 @@ impl Cpu {
         }
     }
 
-    /// The lanes of instruction `m` (normally `ins`'s mnemonic) on destination `a` and
-    /// source `b`: the result to write, or None if the instruction wrote its result (flags,
-    /// a GPR) itself.
+    /// The lanes of instruction `m` (`ins`'s mnemonic, or for an MMX form the XMM
+    /// instruction with its lane semantics) on destination `a` and source `b`: the result
+    /// to write, or None if the instruction wrote its result (flags, a GPR) itself.
     fn sse_values(&mut self, m: M, ins: &Instruction, a: u128, b: u128) -> R<Option<u128>> {
         use M::*;
         let rc = (self.fpu.mxcsr >> 13) & 3;

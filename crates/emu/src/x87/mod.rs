@@ -1,5 +1,6 @@
-//! The x87 FPU: every D8–DF instruction (plus FWAIT, FXSAVE/FXRSTOR and EMMS) on the
-//! 80-bit register format.
+//! The x87 FPU: every D8–DF instruction (plus FWAIT and FXSAVE/FXRSTOR) on the 80-bit
+//! register format. The MMX instructions (`sse/mmx.rs`, EMMS included) alias the
+//! registers through `stack.rs`'s `mm`, `set_mm`, `mmx_enter` and `mmx_empty`.
 //!
 //! * `ext.rs`: the register format, its classes and NaN rules, conversions, and the
 //!   rounding: `rustc_apfloat` rounds a wide-exponent intermediate (rounded to odd) to the
@@ -72,7 +73,6 @@ fn control(m: M) -> bool {
             | Fnsave
             | Fsave
             | Frstor
-            | Emms
             | Fneni
             | Feni
             | Fndisi
@@ -100,7 +100,6 @@ pub fn handles(m: M) -> bool {
             | Fxsave64
             | Fxrstor
             | Fxrstor64
-            | Emms
             | Fnstenv
             | Fstenv
             | Fldenv
@@ -151,7 +150,6 @@ impl Cpu {
                     | M::Fneni
                     | M::Fndisi
                     | M::Fnsetpm
-                    | M::Emms
             );
         if !no_wait {
             self.pending_mf()?;
@@ -210,7 +208,6 @@ impl Cpu {
                 }
             }
             M::Fnclex | M::Fclex => self.fpu.fsw &= 0x7f00,
-            M::Emms => self.fpu.ftw = 0,
             M::Fxsave | M::Fxsave64 => self.fxsave(io, ins, m == M::Fxsave64)?,
             M::Fxrstor | M::Fxrstor64 => self.fxrstor(io, ins, m == M::Fxrstor64)?,
             M::Fnstenv | M::Fstenv => self.fnstenv(io, ins)?,
@@ -239,7 +236,7 @@ impl Cpu {
     }
 
     /// #MF for a pending unmasked exception (CR0.NE = 1).
-    fn pending_mf(&self) -> R<()> {
+    pub(crate) fn pending_mf(&self) -> R<()> {
         if self.fpu.fsw & ES != 0 && self.cr0 & CR0_NE != 0 {
             return Err(Fault::new(MF));
         }

@@ -173,6 +173,35 @@ impl Cpu {
         t
     }
 
+    /// The MMX view of the register file: MMi is the significand (bits 63:0) of physical
+    /// register i, whatever TOP is.
+    pub(crate) fn mm(&self, i: usize) -> u64 {
+        let r = &self.fpu.st[(i + 8 - self.top()) & 7];
+        u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]])
+    }
+
+    /// Writes MMi: the significand of physical register i, with its sign and exponent
+    /// (bits 79:64) set to all ones. The tags are the caller's business ([`Cpu::mmx_enter`]).
+    pub(crate) fn set_mm(&mut self, i: usize, v: u64) {
+        let r = &mut self.fpu.st[(i + 8 - self.top()) & 7];
+        r[..8].copy_from_slice(&v.to_le_bytes());
+        r[8..10].copy_from_slice(&[0xff, 0xff]);
+    }
+
+    /// The x87-to-MMX transition every MMX instruction but EMMS makes: TOP = 0 and every
+    /// register tagged valid (the registers themselves stay where they are).
+    pub(crate) fn mmx_enter(&mut self) {
+        self.move_top(0);
+        self.fpu.ftw = 0xff;
+    }
+
+    /// EMMS: every register tagged empty, and TOP = 0 too (what this host's Intel CPU does;
+    /// the SDM only speaks of the tags).
+    pub(crate) fn mmx_empty(&mut self) {
+        self.move_top(0);
+        self.fpu.ftw = 0;
+    }
+
     /// ST index of an `ST(i)` register operand.
     pub(super) fn st_index(r: Register) -> usize {
         (r as usize).wrapping_sub(Register::ST0 as usize) & 7
