@@ -1,6 +1,6 @@
-//! Differential tests: every integer, SSE and x87 instruction form (iced `Code`) of the
-//! classes the engine implements runs with seeded random registers, flags, memory (and x87
-//! state) on the engine and natively on the host CPU; results, flags (minus
+//! Differential tests: every integer, SSE, MMX and x87 instruction form (iced `Code`) of
+//! the classes the engine implements runs with seeded random registers, flags, memory (and
+//! x87 state) on the engine and natively on the host CPU; results, flags (minus
 //! architecturally undefined ones) and memory must match bit for bit.
 //!
 //! `EMU_DIFF_CASES` (cases per instruction form, default 40) and `EMU_DIFF_SEED` set the
@@ -1808,4 +1808,364 @@ fn x87_instructions_match_host() {
         "x87 differential: {forms} instruction forms, {tested} cases, {ulp_off} transcendental results 1 ulp off (seed {seed})"
     );
     assert!(forms > 150, "too few x87 instruction forms tested: {forms}");
+}
+
+/// The MMX instructions the differential test runs: every legacy form with an MM
+/// operand, plus CVTPI2PS/CVTPI2PD (whose memory forms have none) and EMMS. (FEMMS is
+/// AMD's: #UD on this Intel host.)
+const MMX_CLASSES: &[M] = &[
+    M::Emms,
+    M::Movd,
+    M::Movq,
+    M::Movntq,
+    M::Movq2dq,
+    M::Movdq2q,
+    M::Maskmovq,
+    M::Pmovmskb,
+    M::Pextrw,
+    M::Pinsrw,
+    M::Pshufw,
+    M::Pxor,
+    M::Por,
+    M::Pand,
+    M::Pandn,
+    M::Paddb,
+    M::Paddw,
+    M::Paddd,
+    M::Paddq,
+    M::Psubb,
+    M::Psubw,
+    M::Psubd,
+    M::Psubq,
+    M::Paddusb,
+    M::Paddusw,
+    M::Psubusb,
+    M::Psubusw,
+    M::Paddsb,
+    M::Paddsw,
+    M::Psubsb,
+    M::Psubsw,
+    M::Pcmpeqb,
+    M::Pcmpeqw,
+    M::Pcmpeqd,
+    M::Pcmpgtb,
+    M::Pcmpgtw,
+    M::Pcmpgtd,
+    M::Pminub,
+    M::Pmaxub,
+    M::Pminsw,
+    M::Pmaxsw,
+    M::Pavgb,
+    M::Pavgw,
+    M::Pmullw,
+    M::Pmulhw,
+    M::Pmulhuw,
+    M::Pmuludq,
+    M::Pmaddwd,
+    M::Psadbw,
+    M::Psllw,
+    M::Pslld,
+    M::Psllq,
+    M::Psrlw,
+    M::Psrld,
+    M::Psrlq,
+    M::Psraw,
+    M::Psrad,
+    M::Punpcklbw,
+    M::Punpcklwd,
+    M::Punpckldq,
+    M::Punpckhbw,
+    M::Punpckhwd,
+    M::Punpckhdq,
+    M::Packsswb,
+    M::Packssdw,
+    M::Packuswb,
+    M::Cvtpi2ps,
+    M::Cvtps2pi,
+    M::Cvttps2pi,
+    M::Cvtpi2pd,
+    M::Cvtpd2pi,
+    M::Cvttpd2pi,
+    M::Pabsb,
+    M::Pabsw,
+    M::Pabsd,
+    M::Palignr,
+    M::Phaddw,
+    M::Phaddd,
+    M::Phaddsw,
+    M::Phsubw,
+    M::Phsubd,
+    M::Phsubsw,
+    M::Pmaddubsw,
+    M::Pmulhrsw,
+    M::Pshufb,
+    M::Psignb,
+    M::Psignw,
+    M::Psignd,
+];
+
+/// The number of forms of [`MMX_CLASSES`] the MMX differential test runs.
+const MMX_FORMS: usize = 103;
+
+/// A random 64-bit lane value for an MM register: integers of interest or float pairs.
+fn mm_value(rng: &mut StdRng) -> u64 {
+    if rng.gen_bool(0.5) {
+        interesting(rng)
+    } else {
+        xmm_value(rng) as u64
+    }
+}
+
+/// Operands of an MMX form (None if a kind is not one of them).
+fn gen_mmx_ops(rng: &mut StdRng, code: Code) -> Option<Vec<Op>> {
+    let mm = |rng: &mut StdRng| Op::R(unsafe_reg(Register::MM0 as usize + rng.gen_range(0..8)));
+    let xmm = |rng: &mut StdRng| Op::R(unsafe_reg(Register::XMM0 as usize + rng.gen_range(0..16)));
+    let mut ops = Vec::new();
+    for &k in code.op_code().op_kinds() {
+        ops.push(match k {
+            K::mm_reg | K::mm_rm => mm(rng),
+            K::mm_or_mem | K::xmm_or_mem | K::r32_or_mem | K::r64_or_mem if rng.gen_bool(0.5) => {
+                Op::Mem
+            }
+            K::mm_or_mem => mm(rng),
+            K::xmm_reg | K::xmm_rm | K::xmm_or_mem => xmm(rng),
+            K::r32_reg | K::r32_or_mem => Op::R(pick_reg(rng, 4)),
+            K::r64_reg | K::r64_or_mem => Op::R(pick_reg(rng, 8)),
+            K::mem => Op::Mem,
+            // MASKMOVQ's DS:rDI, set up by the caller.
+            K::seg_rDI => Op::R(Register::RDI),
+            K::imm8 => Op::Imm(rng.gen_range(0..=255)),
+            _ => return None,
+        });
+    }
+    Some(ops)
+}
+
+/// Every MMX form (see [`MMX_CLASSES`]) with random x87 state (TOP, tags, FSW flags,
+/// significands and exponents of the registers MM0–7 alias), XMM registers, MXCSR rounding,
+/// GPRs and memory against the host, compared like the x87 test: the FXSAVE image's FCW,
+/// FSW (TOP), abridged tag and all 80 bits of ST0–7 (so the MMX transition, the aliasing
+/// and the exponent of a written MM register), FOP/FIP/FDP, GPRs, RFLAGS, XMM, MXCSR and
+/// memory bit for bit (MXCSR minus the exception flags for the conversions, which do not
+/// set them). MASKMOVQ stores through RDI into the buffer.
+#[test]
+fn mmx_instructions_match_host() {
+    let seed: u64 = std::env::var("EMU_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed);
+    let cases: usize = std::env::var("EMU_DIFF_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40)
+        * 5;
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x33);
+    let native = Native::new(true);
+    let mem = memory();
+    setup_long_mode(&mem);
+    let mut cpu = Cpu::new(&mem);
+    let mut plat = TestPlatform::default();
+    let mut host_store = vec![0u128; BUF / 16];
+    // SAFETY: viewing a u128 vector as bytes (16-byte aligned for m128 operands).
+    let host_buf: &mut [u8] =
+        unsafe { std::slice::from_raw_parts_mut(host_store.as_mut_ptr() as *mut u8, BUF) };
+    let (mut forms, mut tested) = (0usize, 0usize);
+    for code in Code::values() {
+        let oc = code.op_code();
+        let m = oc.mnemonic();
+        let mm_operand = oc
+            .op_kinds()
+            .iter()
+            .any(|k| matches!(k, K::mm_reg | K::mm_rm | K::mm_or_mem));
+        if oc.encoding() != iced_x86::EncodingKind::Legacy
+            || !oc.mode64()
+            || !MMX_CLASSES.contains(&m)
+            || !(mm_operand || matches!(m, M::Emms | M::Cvtpi2ps | M::Cvtpi2pd))
+        {
+            continue;
+        }
+        let mut ran = 0;
+        for _ in 0..cases {
+            let Some(ops) = gen_mmx_ops(&mut rng, code) else {
+                break;
+            };
+            let disp = rng.gen_range(0..8) * 16;
+            let ins = if m == M::Maskmovq {
+                let r = |o: &Op| match o {
+                    Op::R(r) => *r,
+                    _ => Register::None,
+                };
+                Instruction::with_maskmovq(64, r(&ops[1]), r(&ops[2]), Register::None).ok()
+            } else {
+                build(code, &ops, disp)
+            };
+            let Some(ins) = ins else {
+                continue;
+            };
+            let mut enc = Encoder::new(64);
+            if enc.encode(&ins, CODE).is_err() {
+                continue;
+            }
+            let bytes = enc.take_buffer();
+            let mut st = XSt {
+                st: St {
+                    gpr: [0; 16],
+                    flags: (rng.gen::<u64>() & ARITH) | 2,
+                    mxcsr: MXCSR_DEFAULT | rng.gen_range(0..4) << 13,
+                    xmm: [0; 16],
+                },
+                fx: [0; 512],
+            };
+            for g in st.st.gpr.iter_mut() {
+                *g = interesting(&mut rng);
+            }
+            let fcw = random_fcw(&mut rng);
+            let top = rng.gen_range(0..8u16);
+            let fsw = (rng.gen::<u16>() & 0x473f) | top << 11;
+            let ftw: u8 = match rng.gen_range(0..4) {
+                0 => 0xff,
+                1 => 0,
+                _ => rng.gen(),
+            };
+            st.st.xmm.iter_mut().for_each(|x| *x = xmm_value(&mut rng));
+            let fx = &mut st.fx;
+            fx[0..2].copy_from_slice(&fcw.to_le_bytes());
+            fx[2..4].copy_from_slice(&fsw.to_le_bytes());
+            fx[4] = ftw;
+            fx[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+            fx[28..32].copy_from_slice(&0xffffu32.to_le_bytes());
+            for i in 0..8 {
+                let se: u16 = if rng.gen_bool(0.5) { 0xffff } else { rng.gen() };
+                fx[32 + 16 * i..40 + 16 * i].copy_from_slice(&mm_value(&mut rng).to_le_bytes());
+                fx[40 + 16 * i..42 + 16 * i].copy_from_slice(&se.to_le_bytes());
+            }
+            rng.fill(&mut host_buf[..]);
+            let moff = (MEM_OFF + disp) as usize;
+            // Engine.
+            mem.write_slice(host_buf, GuestAddress(DATA)).unwrap();
+            let mut regs = long_mode_regs(CODE);
+            regs.gpr = st.st.gpr;
+            regs.gpr[3] = DATA;
+            regs.gpr[4] = KSTACK_TOP;
+            if m == M::Maskmovq {
+                regs.gpr[7] = DATA + moff as u64;
+            }
+            regs.rflags = st.st.flags;
+            regs.fpu.xmm = st.st.xmm;
+            regs.fpu.mxcsr = st.st.mxcsr as u32;
+            regs.fpu.fcw = fcw;
+            regs.fpu.fsw = fsw;
+            regs.fpu.ftw = ftw;
+            for i in 0..8 {
+                regs.fpu.st[i] = [0; 16];
+                regs.fpu.st[i][..10].copy_from_slice(&st.fx[32 + 16 * i..42 + 16 * i]);
+            }
+            let mut prog = bytes.clone();
+            prog.push(0xf4);
+            cpu.ram().write_phys(CODE, &prog);
+            cpu.set_regs(&regs);
+            plat.outs.clear();
+            let exit = run_to_halt(&mut cpu, &mut plat);
+            assert_eq!(exit, Exit::Halted, "{ins} did not halt");
+            let input = fx_state(&st.fx);
+            assert!(
+                vectors(&plat).is_empty(),
+                "{ins} ({code:?}, bytes {bytes:02x?}, seed {seed}): exception {:?}\n in   {input}",
+                vectors(&plat)
+            );
+            let er = cpu.regs();
+            let mut emu_buf = vec![0u8; BUF];
+            mem.read_slice(&mut emu_buf, GuestAddress(DATA)).unwrap();
+            // Host.
+            let mut hs = st;
+            hs.st.gpr[3] = host_buf.as_ptr() as u64;
+            if m == M::Maskmovq {
+                hs.st.gpr[7] = host_buf.as_ptr() as u64 + moff as u64;
+            }
+            native.run_x87(&bytes, &mut hs);
+            let mut efx = [0u8; 512];
+            efx[0..2].copy_from_slice(&er.fpu.fcw.to_le_bytes());
+            efx[2..4].copy_from_slice(&er.fpu.fsw.to_le_bytes());
+            efx[4] = er.fpu.ftw;
+            for i in 0..8 {
+                efx[32 + 16 * i..42 + 16 * i].copy_from_slice(&er.fpu.st[i][..10]);
+            }
+            let h = &hs.fx;
+            let q = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+            let (hfop, hfip, hfdp) = (u16::from_le_bytes([h[6], h[7]]), q(8), q(16));
+            let mut eg = er.gpr;
+            let mut hg = hs.st.gpr;
+            for r in [3, 4, 7] {
+                if r != 7 || m == M::Maskmovq {
+                    eg[r] = 0;
+                    hg[r] = 0;
+                }
+            }
+            // The conversions' MXCSR exception flags are not tracked (as for the XMM ones).
+            let mxcsr_mask = if matches!(
+                m,
+                M::Cvtpi2ps | M::Cvtps2pi | M::Cvttps2pi | M::Cvtpi2pd | M::Cvtpd2pi | M::Cvttpd2pi
+            ) {
+                !0x3f
+            } else {
+                !0
+            };
+            let bad = efx[..5] != h[..5]
+                || (0..8).any(|i| efx[32 + 16 * i..42 + 16 * i] != h[32 + 16 * i..42 + 16 * i])
+                || (er.fpu.fop, er.fpu.fip, er.fpu.fdp) != (hfop, hfip, hfdp)
+                || eg != hg
+                || (er.rflags & ARITH) != (hs.st.flags & ARITH)
+                || emu_buf != *host_buf
+                || er.fpu.xmm != hs.st.xmm
+                || er.fpu.mxcsr as u64 & mxcsr_mask != hs.st.mxcsr & mxcsr_mask;
+            if bad {
+                let md: Vec<(usize, u8, u8)> = (0..BUF)
+                    .filter(|&i| emu_buf[i] != host_buf[i])
+                    .map(|i| (i - moff, emu_buf[i], host_buf[i]))
+                    .take(16)
+                    .collect();
+                let xd: Vec<String> = (0..16)
+                    .filter(|&i| er.fpu.xmm[i] != hs.st.xmm[i])
+                    .map(|i| {
+                        format!(
+                            "xmm{i}: in {:#x} emu {:#x} host {:#x}",
+                            st.st.xmm[i], er.fpu.xmm[i], hs.st.xmm[i]
+                        )
+                    })
+                    .collect();
+                let gd: Vec<String> = (0..16)
+                    .filter(|&i| eg[i] != hg[i])
+                    .map(|i| {
+                        format!(
+                            "r{i}: in {:#x} emu {:#x} host {:#x}",
+                            st.st.gpr[i], eg[i], hg[i]
+                        )
+                    })
+                    .collect();
+                panic!(
+                    "MMX mismatch (seed {seed}) for `{ins}` ({code:?}) bytes {bytes:02x?}\n in   {input}\n emu  {}\n host {}\n fop/fip/fdp emu {:#x} {:#x} {:#x} host {hfop:#x} {hfip:#x} {hfdp:#x}\n gprs {gd:?}\n {xd:?}\n flags in {:#x} emu {:#x} host {:#x}; mxcsr in {:#x} emu {:#x} host {:#x}\n memory (operand offset, emu, host): {md:02x?}",
+                    fx_state(&efx),
+                    fx_state(h),
+                    er.fpu.fop,
+                    er.fpu.fip,
+                    er.fpu.fdp,
+                    st.st.flags,
+                    er.rflags,
+                    hs.st.flags,
+                    st.st.mxcsr,
+                    er.fpu.mxcsr,
+                    hs.st.mxcsr,
+                );
+            }
+            ran += 1;
+        }
+        if ran > 0 {
+            forms += 1;
+            tested += ran;
+        } else {
+            eprintln!("MMX form not run: {code:?}");
+        }
+    }
+    eprintln!("MMX differential: {forms} instruction forms, {tested} cases (seed {seed})");
+    assert_eq!(forms, MMX_FORMS, "MMX instruction forms tested");
 }
