@@ -265,8 +265,14 @@ impl Cpu {
             M::Lahf | M::Sahf | M::Clc | M::Stc | M::Cmc | M::Cld | M::Std | M::Cli | M::Sti => {
                 self.flag_op(ins)
             }
+            M::Pause => {
+                // A spin-wait hint: end the block and let the platform give the host
+                // CPU to another vCPU (pause-loop exiting, as VMX/SVM hosts do).
+                self.block_end = true;
+                io.pause();
+                Ok(())
+            }
             M::Nop
-            | M::Pause
             | M::Endbr64
             | M::Endbr32
             | M::Lfence
