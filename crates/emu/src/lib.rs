@@ -61,6 +61,7 @@ mod sse;
 mod state;
 mod tlb;
 mod x87;
+mod xsave;
 
 pub use cpu::{Cpu, Exit};
 pub use cpuid::CpuidLeaf;
