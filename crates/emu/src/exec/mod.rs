@@ -360,6 +360,7 @@ impl Cpu {
             | M::Xsaveopt64
             | M::Xrstor
             | M::Xrstor64 => self.xsave_op(io, ins),
+            _ if ins.encoding() == iced_x86::EncodingKind::VEX => self.avx(io, ins),
             m if crate::x87::handles(m) => self.x87(io, ins),
             m if crate::sse::handles(m) => self.sse(io, ins),
             _ => {
