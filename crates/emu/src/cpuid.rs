@@ -1,13 +1,13 @@
 //! CPUID: what the software engine implements — an x86-64-v2 CPU plus parts of
 //! x86-64-v3: FPU, TSC, MSR, PAE, PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX bit,
 //! FXSR, SSE, SSE2; SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2, MOVBE, POPCNT, AES,
-//! XSAVE, AVX (leaf 1); BMI1, BMI2 (leaf 7); XSAVE state components x87, SSE and AVX with
+//! XSAVE, AVX (leaf 1); BMI1, AVX2, BMI2 (leaf 7); XSAVE state components x87, SSE and AVX with
 //! XSAVEOPT (leaf 0xD subleaves 0-2, standard format only); SYSCALL, NX, 1G pages,
 //! RDTSCP, LM, LAHF, ABM/LZCNT (leaf 0x8000_0001); invariant TSC; hypervisor bit; the
 //! x2APIC and TSC-deadline MSRs, which the local APIC behind `Platform` backs or refuses.
 //! Leaf 1 ECX bit 27 (OSXSAVE) and leaf 0xD subleaf 0 EBX are left to the CPUID
 //! instruction, which computes them from CR4 and XCR0 (`Cpu::cpuid_dynamic`). Not
-//! offered: MONITOR/MWAIT, XSAVEC/XSAVES, AVX2, FMA, F16C, SMEP/SMAP (so not
+//! offered: MONITOR/MWAIT, XSAVEC/XSAVES, FMA, F16C, SMEP/SMAP (so not
 //! x86-64-v3 as a whole). Leaf 0x4000_0000 carries the "wirtwirtwirt" signature.
 //!
 //! [`supported`] is the engine's offer; the VMM passes it through the platform policy
@@ -134,8 +134,8 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             (eax, ebx, ecx, edx)
         }
         7 if sub == 0 => {
-            // Max subleaf 0; EBX: BMI1, BMI2.
-            let ebx = (1 << 3) | (1 << 8);
+            // Max subleaf 0; EBX: BMI1, AVX2, BMI2.
+            let ebx = (1 << 3) | (1 << 5) | (1 << 8);
             (0, ebx, 0, 0)
         }
         0xd => crate::xsave::cpuid_leaf(sub),
@@ -235,8 +235,8 @@ mod tests {
         assert_eq!(max_sub, 0);
         assert_eq!(
             ebx,
-            (1 << 3) | (1 << 8),
-            "BMI1 and BMI2 only (no AVX2, SMEP, ...)"
+            (1 << 3) | (1 << 5) | (1 << 8),
+            "BMI1, AVX2 and BMI2 only (no SMEP, ...)"
         );
         assert_eq!((ecx, edx), (0, 0));
         assert_eq!(base(7, 1), (0, 0, 0, 0), "no leaf-7 subleaf 1");

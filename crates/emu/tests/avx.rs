@@ -133,3 +133,149 @@ fn masked_loads_do_not_touch_masked_off_elements() {
     );
     assert_eq!(v, vec![14]);
 }
+
+/// Dwords at DATA: 1000 + i.
+fn table(m: &vm_memory::GuestMemoryMmap) {
+    for i in 0..256u64 {
+        w64(m, DATA + 8 * i, (1000 + 2 * i) | (1001 + 2 * i) << 32);
+    }
+}
+
+fn run_gather(r: &CpuRegs, code: Vec<u8>) -> (CpuRegs, Vec<u32>) {
+    let m = memory();
+    setup_long_mode(&m);
+    table(&m);
+    let mut prog = code;
+    prog.push(0xf4);
+    load(&m, CODE, &prog);
+    let mut cpu = Cpu::new(&m);
+    cpu.set_regs(r);
+    let mut p = TestPlatform::default();
+    assert_eq!(run_to_halt(&mut cpu, &mut p), Exit::Halted);
+    (cpu.regs(), vectors(&p))
+}
+
+fn dwords(lo: u128, hi: u128) -> Vec<u32> {
+    (0..8)
+        .map(|i| {
+            if i < 4 {
+                (lo >> (32 * i)) as u32
+            } else {
+                (hi >> (32 * (i - 4))) as u32
+            }
+        })
+        .collect()
+}
+
+fn from_dwords(d: &[u32]) -> (u128, u128) {
+    let mut v = [0u128; 2];
+    for (i, x) in d.iter().enumerate() {
+        v[i / 4] |= (*x as u128) << (32 * (i % 4));
+    }
+    (v[0], v[1])
+}
+
+#[test]
+fn gathers_load_the_selected_elements_and_clear_the_mask() {
+    let mut r = avx_regs();
+    let idx = [5u32, 0, 61, (-2i32) as u32, 7, 100, 3, 9];
+    (r.fpu.xmm[1], r.fpu.ymm_hi[1]) = from_dwords(&idx);
+    let sel = [true, false, true, true, false, true, true, false];
+    let mask: Vec<u32> = sel
+        .iter()
+        .map(|&s| if s { 0x8000_0000 } else { 1 })
+        .collect();
+    (r.fpu.xmm[2], r.fpu.ymm_hi[2]) = from_dwords(&mask);
+    (r.fpu.xmm[0], r.fpu.ymm_hi[0]) = from_dwords(&[7; 8]);
+    r.gpr[3] = DATA + 16;
+    let (after, v) = run_gather(
+        &r,
+        asm64(CODE, |a| {
+            a.vpgatherdd_3(ymm0, ptr(rbx + ymm1 * 4 + 8), ymm2).unwrap()
+        }),
+    );
+    assert!(v.is_empty(), "{v:?}");
+    let want: Vec<u32> = idx
+        .iter()
+        .zip(sel)
+        .map(|(&i, s)| {
+            if s {
+                1000u32.wrapping_add(6).wrapping_add(i)
+            } else {
+                7
+            }
+        })
+        .collect();
+    assert_eq!(dwords(after.fpu.xmm[0], after.fpu.ymm_hi[0]), want);
+    assert_eq!(
+        (after.fpu.xmm[2], after.fpu.ymm_hi[2]),
+        (0, 0),
+        "mask cleared"
+    );
+
+    // Quadword indices, dword data: 4 elements into an XMM destination.
+    let mut r = avx_regs();
+    r.fpu.xmm[1] = 2 | 4u128 << 64;
+    r.fpu.ymm_hi[1] = 6 | 8u128 << 64;
+    r.fpu.xmm[2] = u128::MAX;
+    r.fpu.ymm_hi[0] = u128::MAX;
+    r.gpr[3] = DATA;
+    let (after, v) = run_gather(
+        &r,
+        asm64(CODE, |a| {
+            a.vpgatherqd_3(xmm0, ptr(rbx + ymm1 * 4), xmm2).unwrap()
+        }),
+    );
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(dwords(after.fpu.xmm[0], 0)[..4], [1002, 1004, 1006, 1008]);
+    assert_eq!(after.fpu.ymm_hi[0], 0, "VEX.128 destination");
+
+    // Doubles with dword indices: xmm index, ymm destination.
+    let mut r = avx_regs();
+    r.fpu.xmm[1] = from_dwords(&[1, 3, 5, 7]).0;
+    r.fpu.xmm[2] = u128::MAX;
+    r.fpu.ymm_hi[2] = u128::MAX;
+    r.gpr[3] = DATA;
+    let (after, v) = run_gather(
+        &r,
+        asm64(CODE, |a| {
+            a.vgatherdpd_3(ymm0, ptr(rbx + xmm1 * 8), ymm2).unwrap()
+        }),
+    );
+    assert!(v.is_empty(), "{v:?}");
+    let q = |i: u64| ((1001 + 2 * i) << 32 | (1000 + 2 * i)) as u128;
+    assert_eq!(after.fpu.xmm[0], q(1) | q(3) << 64);
+    assert_eq!(after.fpu.ymm_hi[0], q(5) | q(7) << 64);
+}
+
+#[test]
+fn gather_faults_keep_the_completed_elements() {
+    let mut r = avx_regs();
+    // Element 2's address is past 4 GiB: not mapped.
+    r.fpu.xmm[1] = from_dwords(&[1, 2, 0x2000_0000, 4]).0;
+    r.fpu.xmm[2] = u128::MAX;
+    r.gpr[3] = DATA;
+    let (after, v) = run_gather(
+        &r,
+        asm64(CODE, |a| {
+            a.vpgatherdd_3(xmm0, ptr(rbx + xmm1 * 8), xmm2).unwrap()
+        }),
+    );
+    assert_eq!(v, vec![14]);
+    let d = dwords(after.fpu.xmm[2], 0);
+    assert_eq!(
+        &d[..4],
+        &[0, 0, u32::MAX, u32::MAX],
+        "completed elements cleared"
+    );
+    let d = dwords(after.fpu.xmm[0], 0);
+    assert_eq!(&d[..2], &[1002, 1004], "completed elements loaded");
+    // Same destination and index register: #UD.
+    let (_, v) = run_gather(
+        &r,
+        asm64(CODE, |a| {
+            a.vpgatherdd_3(xmm1, ptr(rbx + xmm1 * 4), xmm2).unwrap()
+        }),
+    );
+    assert_eq!(v, vec![6]);
+}

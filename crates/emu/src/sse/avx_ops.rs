@@ -71,6 +71,8 @@ impl Cpu {
             | Vpermilps | Vpermilpd | Vpermd | Vpermps | Vpermq | Vpermpd | Vpblendd | Vpsllvd
             | Vpsllvq | Vpsrlvd | Vpsrlvq | Vpsravd => self.permute(io, ins, m),
             Vmaskmovps | Vmaskmovpd | Vpmaskmovd | Vpmaskmovq => self.masked_move(io, ins, m),
+            Vgatherdps | Vgatherdpd | Vgatherqps | Vgatherqpd | Vpgatherdd | Vpgatherdq
+            | Vpgatherqd | Vpgatherqq => self.gather(io, ins, m),
             Vtestps | Vtestpd | Vptest => {
                 let (a, b) = match (self.vsrc(io, ins, 0), self.vsrc(io, ins, 1)) {
                     (Ok(a), Ok(b)) => (a, b),

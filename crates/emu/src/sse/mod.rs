@@ -1,5 +1,5 @@
 //! SSE through SSE4.2, PCLMULQDQ and AES-NI on the XMM registers, and their VEX forms
-//! (`avx`, `avx_ops`: AVX on the YMM registers). This module: moves, SSE/SSE2 integer lane
+//! (`avx`, `avx_ops`, `gather`: AVX and AVX2 on the YMM registers). This module: moves, SSE/SSE2 integer lane
 //! arithmetic, logic, shifts, shuffles/unpacks/packs, scalar and packed single/double
 //! floating point, comparisons, conversions, MXCSR access, and the operand plumbing
 //! (XMM/memory sources and destinations, GPR extracts and inserts) for the submodules:
@@ -29,6 +29,7 @@ mod avx_ops;
 mod compute;
 mod crypto;
 mod float;
+mod gather;
 mod int;
 mod lanes;
 mod rounding;
