@@ -1,13 +1,13 @@
 //! CPUID: what the software engine implements — an x86-64-v2 CPU plus parts of
 //! x86-64-v3: FPU, TSC, MSR, PAE, PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX bit,
 //! FXSR, SSE, SSE2; SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2, MOVBE, POPCNT, AES,
-//! XSAVE, AVX (leaf 1); BMI1, AVX2, BMI2 (leaf 7); XSAVE state components x87, SSE and AVX with
+//! FMA, XSAVE, AVX (leaf 1); BMI1, AVX2, BMI2 (leaf 7); XSAVE state components x87, SSE and AVX with
 //! XSAVEOPT (leaf 0xD subleaves 0-2, standard format only); SYSCALL, NX, 1G pages,
 //! RDTSCP, LM, LAHF, ABM/LZCNT (leaf 0x8000_0001); invariant TSC; hypervisor bit; the
 //! x2APIC and TSC-deadline MSRs, which the local APIC behind `Platform` backs or refuses.
 //! Leaf 1 ECX bit 27 (OSXSAVE) and leaf 0xD subleaf 0 EBX are left to the CPUID
 //! instruction, which computes them from CR4 and XCR0 (`Cpu::cpuid_dynamic`). Not
-//! offered: MONITOR/MWAIT, XSAVEC/XSAVES, FMA, F16C, SMEP/SMAP (so not
+//! offered: MONITOR/MWAIT, XSAVEC/XSAVES, F16C, SMEP/SMAP (so not
 //! x86-64-v3 as a whole). Leaf 0x4000_0000 carries the "wirtwirtwirt" signature.
 //!
 //! [`supported`] is the engine's offer; the VMM passes it through the platform policy
@@ -104,6 +104,7 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             let ecx = (1 << 0) // SSE3
                 | (1 << 1) // PCLMULQDQ
                 | (1 << 9) // SSSE3
+                | (1 << 12) // FMA
                 | (1 << 13) // CX16
                 | (1 << 19) // SSE4.1
                 | (1 << 20) // SSE4.2
@@ -186,7 +187,7 @@ mod tests {
         assert_eq!(ebx >> 24, 0, "the policy, not the engine, sets the APIC ID");
         assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
         assert_eq!(ecx & (1 << 3), 0, "no MONITOR/MWAIT");
-        assert_eq!(ecx & (1 << 12), 0, "no FMA");
+        assert_ne!(ecx & (1 << 12), 0, "FMA");
         assert_ne!(ecx & (1 << 26), 0, "XSAVE");
         assert_eq!(ecx & (1 << 27), 0, "OSXSAVE is CR4's, not the table's");
         assert_ne!(ecx & (1 << 28), 0, "AVX");

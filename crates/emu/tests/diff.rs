@@ -674,6 +674,24 @@ fn avx2_class(m: M) -> bool {
     )
 }
 
+/// FMA: every VFMADD/VFMSUB/VFNMADD/VFNMSUB/VFMADDSUB/VFMSUBADD form, with random
+/// MXCSR rounding modes.
+#[test]
+fn fma_instructions_match_host() {
+    let classes: Vec<M> = M::values().filter(|&m| fma_class(m)).collect();
+    run_diff(&classes, &[CpuidFeature::FMA], FMA_FORMS);
+}
+
+/// The number of FMA forms `fma_instructions_match_host` runs.
+const FMA_FORMS: usize = 96;
+
+fn fma_class(m: M) -> bool {
+    let name = format!("{m:?}");
+    ["Vfmadd", "Vfmsub", "Vfnmadd", "Vfnmsub"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
 /// The number of AVX forms `avx_instructions_match_host` runs.
 const AVX_FORMS: usize = 389;
 
@@ -990,6 +1008,7 @@ fn mxcsr_exact(m: M) -> bool {
 fn mxcsr_rounding(m: M) -> bool {
     use M::*;
     mxcsr_exact(m)
+        || fma_class(m)
         || matches!(
             m,
             Cvtsd2si
@@ -1248,6 +1267,19 @@ fn run_diff(classes: &[M], vex: &[CpuidFeature], min_forms: usize) {
                     )
                     .collect();
                 eprintln!("{xdiff:?}");
+                for i in 0..ins.op_count() {
+                    if ins.op_kind(i) != iced_x86::OpKind::Register {
+                        continue;
+                    }
+                    let r = ins.op_register(i);
+                    let n = (r.full_register() as usize).wrapping_sub(Register::ZMM0 as usize);
+                    if n < 16 {
+                        eprintln!(
+                            "operand {i} ({r:?}) in: {:#x} {:#x}",
+                            st.ymm_hi[n], st.xmm[n]
+                        );
+                    }
+                }
                 panic!(
                     "mismatch (seed {seed}) for `{ins}` ({code:?}) bytes {bytes:02x?}\n flags in {:#x} emu {:#x} host {:#x} (compared {fm:#x})\n regs: {diff:?}\n mem equal: {}\n mxcsr in {:#x} emu {:#x} host {:#x}",
                     st.flags, er.rflags, hs.flags, emu_buf == host_buf, st.mxcsr, er.fpu.mxcsr, hs.mxcsr

@@ -120,6 +120,7 @@ impl Cpu {
                 self.reg_write(ins.op0_register(), bits);
                 Ok(())
             }
+            _ if super::fma::handles(m) => self.fma(io, ins),
             _ => return None,
         })
     }

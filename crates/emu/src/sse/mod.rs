@@ -29,6 +29,7 @@ mod avx_ops;
 mod compute;
 mod crypto;
 mod float;
+mod fma;
 mod gather;
 mod int;
 mod lanes;
