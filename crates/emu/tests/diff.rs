@@ -1,10 +1,12 @@
-//! Differential tests: every integer, SSE and x87 instruction form (iced `Code`) of the
-//! classes the engine implements runs with seeded random registers, flags, memory (and x87
-//! state) on the engine and natively on the host CPU; results, flags (minus
-//! architecturally undefined ones) and memory must match bit for bit.
+//! Differential tests: every instruction form (iced `Code`) of the classes the engine
+//! implements — integer, SSE-SSE4.2, x87, and the VEX forms of AVX, AVX2, FMA and F16C —
+//! runs with seeded random registers (general, full YMM), flags, MXCSR rounding mode,
+//! memory (and x87 state) on the engine and natively on the host CPU; results, flags
+//! (minus architecturally undefined ones) and memory must match bit for bit.
 //!
 //! `EMU_DIFF_CASES` (cases per instruction form, default 40) and `EMU_DIFF_SEED` set the
-//! run; a failure prints the seed, the instruction and both states.
+//! run; a failure prints the seed, the instruction, its register inputs and both states.
+//! `EMU_DIFF_VERBOSE` lists the forms of a class that could not be generated.
 
 mod common;
 
@@ -692,6 +694,19 @@ fn fma_class(m: M) -> bool {
         .any(|p| name.starts_with(p))
 }
 
+/// F16C: VCVTPH2PS and VCVTPS2PH (rounding from the immediate or MXCSR).
+#[test]
+fn f16c_instructions_match_host() {
+    run_diff(
+        &[M::Vcvtph2ps, M::Vcvtps2ph],
+        &[CpuidFeature::F16C],
+        F16C_FORMS,
+    );
+}
+
+/// The number of F16C forms `f16c_instructions_match_host` runs.
+const F16C_FORMS: usize = 4;
+
 /// The number of AVX forms `avx_instructions_match_host` runs.
 const AVX_FORMS: usize = 389;
 
@@ -1009,6 +1024,7 @@ fn mxcsr_rounding(m: M) -> bool {
     use M::*;
     mxcsr_exact(m)
         || fma_class(m)
+        || m == M::Vcvtps2ph
         || matches!(
             m,
             Cvtsd2si

@@ -120,6 +120,7 @@ impl Cpu {
                 self.reg_write(ins.op0_register(), bits);
                 Ok(())
             }
+            Vcvtph2ps | Vcvtps2ph => self.f16c(io, ins, m),
             _ if super::fma::handles(m) => self.fma(io, ins),
             _ => return None,
         })

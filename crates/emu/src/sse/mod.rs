@@ -1,11 +1,13 @@
 //! SSE through SSE4.2, PCLMULQDQ and AES-NI on the XMM registers, and their VEX forms
-//! (`avx`, `avx_ops`, `gather`: AVX and AVX2 on the YMM registers). This module: moves, SSE/SSE2 integer lane
-//! arithmetic, logic, shifts, shuffles/unpacks/packs, scalar and packed single/double
-//! floating point, comparisons, conversions, MXCSR access, and the operand plumbing
-//! (XMM/memory sources and destinations, GPR extracts and inserts) for the submodules:
-//! `compute` (the lane function of every SSE operation), `int` (SSSE3 and SSE4.1/4.2 integer lanes), `float` (SSE3 and SSE4.1 floating point),
-//! `string` (SSE4.2 PCMPxSTRx), `crypto` (PCLMULQDQ, AES-NI), `rounding` (MXCSR.RC for
-//! the arithmetic) and `lanes` (lane views).
+//! (`avx`, `avx_ops`, `gather`: AVX and AVX2 on the YMM registers; `fma`, `f16c`). This
+//! module: moves, SSE/SSE2 integer lane arithmetic, logic, shifts,
+//! shuffles/unpacks/packs, scalar and packed single/double floating point, comparisons,
+//! conversions, MXCSR access, and the operand plumbing (XMM/memory sources and
+//! destinations, GPR extracts and inserts) for the submodules: `compute` (the lane
+//! function of every SSE operation), `int` (SSSE3 and SSE4.1/4.2 integer lanes),
+//! `float` (SSE3 and SSE4.1 floating point), `string` (SSE4.2 PCMPxSTRx), `crypto`
+//! (PCLMULQDQ, AES-NI), `rounding` (MXCSR.RC for the arithmetic) and `lanes` (lane
+//! views).
 //!
 //! Floating point: every rounding operation honours MXCSR.RC — arithmetic, square roots,
 //! narrowing and integer-to-float conversions through `rounding` (which also applies the
@@ -28,6 +30,7 @@ mod avx;
 mod avx_ops;
 mod compute;
 mod crypto;
+mod f16c;
 mod float;
 mod fma;
 mod gather;
