@@ -35,6 +35,46 @@ use crate::xsave;
 /// A YMM value as its two 128-bit lanes (low, high).
 pub(super) type Ymm = [u128; 2];
 
+/// The CPUID features VEX instructions may need, as a vCPU's CPUID table offers them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct VexOffer {
+    avx: bool,
+    avx2: bool,
+    fma: bool,
+    f16c: bool,
+    aes: bool,
+    pclmulqdq: bool,
+}
+
+impl VexOffer {
+    pub(crate) fn of(table: &[crate::cpuid::CpuidLeaf]) -> Self {
+        let (_, _, ecx1, _) = crate::cpuid::lookup(table, 1, 0);
+        let (_, ebx7, _, _) = crate::cpuid::lookup(table, 7, 0);
+        let bit = |r: u32, b: u32| r & (1 << b) != 0;
+        VexOffer {
+            avx: bit(ecx1, 28),
+            avx2: bit(ebx7, 5),
+            fma: bit(ecx1, 12),
+            f16c: bit(ecx1, 29),
+            aes: bit(ecx1, 25),
+            pclmulqdq: bit(ecx1, 1),
+        }
+    }
+
+    /// Whether `f` is offered (features no VEX form the engine runs needs are not).
+    fn offers(&self, f: CpuidFeature) -> bool {
+        match f {
+            CpuidFeature::AVX => self.avx,
+            CpuidFeature::AVX2 => self.avx2,
+            CpuidFeature::FMA => self.fma,
+            CpuidFeature::F16C => self.f16c,
+            CpuidFeature::AES => self.aes,
+            CpuidFeature::PCLMULQDQ => self.pclmulqdq,
+            _ => false,
+        }
+    }
+}
+
 /// The VEX moves that require an aligned memory operand (to their size).
 pub(super) fn aligned_move(m: M) -> bool {
     matches!(
@@ -117,23 +157,6 @@ impl Cpu {
         self.fpu.ymm_hi[n] = v[1];
     }
 
-    /// Whether this vCPU's CPUID table offers `f`.
-    fn offers(&self, f: CpuidFeature) -> bool {
-        let bit = |leaf: u32, reg: usize, bit: u32| {
-            let (a, b, c, d) = crate::cpuid::lookup(&self.cpuid, leaf, 0);
-            [a, b, c, d][reg] & (1 << bit) != 0
-        };
-        match f {
-            CpuidFeature::AVX => bit(1, 2, 28),
-            CpuidFeature::AVX2 => bit(7, 1, 5),
-            CpuidFeature::FMA => bit(1, 2, 12),
-            CpuidFeature::F16C => bit(1, 2, 29),
-            CpuidFeature::AES => bit(1, 2, 25),
-            CpuidFeature::PCLMULQDQ => bit(1, 2, 1),
-            _ => false,
-        }
-    }
-
     /// The #UD and #NM checks of every VEX vector instruction.
     fn vex_check(&self, ins: &Instruction) -> R<()> {
         if self.cr0 & CR0_PE == 0 || self.flags.bits & VM != 0 {
@@ -143,7 +166,11 @@ impl Cpu {
         if self.cr4 & CR4_OSXSAVE == 0 || self.fpu.xcr0 & both != both {
             return Err(ud());
         }
-        if !ins.cpuid_features().iter().all(|&f| self.offers(f)) {
+        if !ins
+            .cpuid_features()
+            .iter()
+            .all(|&f| self.vex_offer.offers(f))
+        {
             return Err(ud());
         }
         if self.cr0 & CR0_TS != 0 {

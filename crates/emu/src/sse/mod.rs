@@ -39,6 +39,7 @@ mod lanes;
 mod rounding;
 mod string;
 
+pub(crate) use avx::VexOffer;
 use lanes::*;
 
 pub fn handles(m: M) -> bool {
