@@ -33,6 +33,7 @@ pub const CR4_PSE: u64 = 1 << 4;
 pub const CR4_PAE: u64 = 1 << 5;
 pub const CR4_PGE: u64 = 1 << 7;
 pub const CR4_OSFXSR: u64 = 1 << 9;
+pub const CR4_OSXSAVE: u64 = 1 << 18;
 pub const EFER_SCE: u64 = 1 << 0;
 pub const EFER_LME: u64 = 1 << 8;
 pub const EFER_LMA: u64 = 1 << 10;
@@ -71,6 +72,9 @@ pub struct Cpu {
     pub(crate) dbg: crate::debug::DebugState,
     /// This vCPU's CPUID table (see `cpuid`).
     pub(crate) cpuid: Arc<[crate::cpuid::CpuidLeaf]>,
+    /// The VEX instruction sets `cpuid` offers (looked up once per table, not per
+    /// instruction).
+    pub(crate) vex_offer: crate::sse::VexOffer,
     pub(crate) fpu: FpuState,
     pub(crate) halted: bool,
     /// Interrupts are inhibited until after the next instruction (STI, MOV SS, POP SS).
@@ -120,6 +124,7 @@ impl Cpu {
             msr: Msrs::default(),
             dbg: Default::default(),
             cpuid: crate::cpuid::supported().into(),
+            vex_offer: crate::sse::VexOffer::of(&crate::cpuid::supported()),
             fpu: FpuState::default(),
             halted: false,
             shadow: false,
@@ -163,6 +168,7 @@ impl Cpu {
     /// Gives this vCPU its CPUID table: [`crate::cpuid::supported`] after the platform's
     /// policy (APIC ID, topology, feature edits).
     pub fn set_cpuid(&mut self, table: Vec<crate::cpuid::CpuidLeaf>) {
+        self.vex_offer = crate::sse::VexOffer::of(&table);
         self.cpuid = table.into();
     }
 

@@ -1,17 +1,21 @@
-//! CPUID: what the software engine implements — an x86-64-v2 CPU plus the
-//! general-purpose part of x86-64-v3: FPU, TSC, MSR, PAE, PSE, CX8, APIC, MTRR, PGE, CMOV,
-//! PAT, CLFLUSH, MMX, FXSR, SSE, SSE2; SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2,
-//! MOVBE, POPCNT, AES (leaf 1); BMI1, BMI2 (leaf 7); SYSCALL, NX, 1G pages, RDTSCP, LM,
-//! LAHF, ABM/LZCNT (leaf 0x8000_0001); invariant TSC; hypervisor bit; the x2APIC and
-//! TSC-deadline MSRs, which the local APIC behind `Platform` backs or refuses. Not
-//! offered: MONITOR/MWAIT, XSAVE/OSXSAVE, AVX, AVX2, FMA, F16C, SMEP/SMAP (so not
-//! x86-64-v3 as a whole). Leaf 0x4000_0000 carries the "wirtwirtwirt" signature.
+//! CPUID: what the software engine implements — an x86-64-v3 CPU: FPU, TSC, MSR, PAE,
+//! PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX, FXSR, SSE, SSE2; SSE3,
+//! PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2, MOVBE, POPCNT, AES, FMA, XSAVE, AVX, F16C
+//! (leaf 1); BMI1, AVX2, BMI2 (leaf 7); XSAVE state components x87, SSE and AVX with
+//! XSAVEOPT (leaf 0xD subleaves 0-2, standard format only); SYSCALL, NX, 1G pages,
+//! RDTSCP, LM, LAHF, ABM/LZCNT (leaf 0x8000_0001); invariant TSC; hypervisor bit; the
+//! x2APIC and TSC-deadline MSRs, which the local APIC behind `Platform` backs or
+//! refuses. Leaf 1 ECX bit 27 (OSXSAVE) and leaf 0xD subleaf 0 EBX are left to the
+//! CPUID instruction, which computes them from CR4 and XCR0 (`Cpu::cpuid_dynamic`). Not
+//! offered: MONITOR/MWAIT, XSAVEC/XSAVES, SMEP/SMAP. With AVX, AVX2, BMI1/2, F16C, FMA,
+//! LZCNT, MOVBE and XSAVE this is x86-64-v3. Leaf 0x4000_0000 carries the
+//! "wirtwirtwirt" signature.
 //!
 //! [`supported`] is the engine's offer; the VMM passes it through the platform policy
 //! (`arch::cpuid`: APIC IDs, topology, the irqchip's capabilities, the user's feature
 //! edits) and gives each vCPU its table with [`Cpu::set_cpuid`](crate::Cpu::set_cpuid).
-//! The CPUID instruction only looks that table up: leaves it lacks read as zeros, as on
-//! AMD CPUs.
+//! The CPUID instruction looks that table up (leaves it lacks read as zeros, as on AMD
+//! CPUs) and adds the state-dependent bits named above.
 //!
 //! The identity (AuthenticAMD, family 15, model 107, stepping 1) is QEMU's `qemu64`: the
 //! model the guest instruction profile was measured with, whose Linux code paths are
@@ -38,18 +42,28 @@ fn indexed(leaf: u32) -> bool {
     )
 }
 
-/// The leaves the engine implements, for subleaf 0 of indexed leaves.
+/// The subleaves the engine lists for `leaf` (those it reports something for; others of an
+/// indexed leaf read as zeros).
+fn subleaves(leaf: u32) -> std::ops::RangeInclusive<u32> {
+    match leaf {
+        0xd => 0..=2,
+        _ => 0..=0,
+    }
+}
+
+/// The leaves the engine implements (for indexed leaves, the subleaves of [`subleaves`]).
 pub fn supported() -> Vec<CpuidLeaf> {
     let (max_basic, ..) = base(0, 0);
     let (max_ext, ..) = base(0x8000_0000, 0);
     (0..=max_basic)
         .chain(0x4000_0000..=0x4000_0000)
         .chain(0x8000_0000..=max_ext)
-        .map(|function| {
-            let (eax, ebx, ecx, edx) = base(function, 0);
+        .flat_map(|function| subleaves(function).map(move |index| (function, index)))
+        .map(|(function, index)| {
+            let (eax, ebx, ecx, edx) = base(function, index);
             CpuidLeaf {
                 function,
-                index: 0,
+                index,
                 significant_index: indexed(function),
                 eax,
                 ebx,
@@ -78,8 +92,9 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
     match leaf {
         0 => {
             let (b, d, c) = regs(b"AuthenticAMD");
-            // Up to the extended topology leaf 0xB (x2APIC IDs; the policy fills it).
-            (0xb, b, c, d)
+            // Up to the XSAVE leaf 0xD (through the extended topology leaf 0xB, which the
+            // policy fills with x2APIC IDs).
+            (0xd, b, c, d)
         }
         1 => {
             // Family 15, model 107 (ext. model 6, model 0xb), stepping 1.
@@ -90,6 +105,7 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             let ecx = (1 << 0) // SSE3
                 | (1 << 1) // PCLMULQDQ
                 | (1 << 9) // SSSE3
+                | (1 << 12) // FMA
                 | (1 << 13) // CX16
                 | (1 << 19) // SSE4.1
                 | (1 << 20) // SSE4.2
@@ -98,6 +114,9 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
                 | (1 << 23) // POPCNT
                 | (1 << 24) // TSC-deadline
                 | (1 << 25) // AES
+                | (1 << 26) // XSAVE
+                | (1 << 28) // AVX
+                | (1 << 29) // F16C
                 | (1 << 31); // hypervisor
             let edx = (1 << 0) // FPU
                 | (1 << 3) // PSE
@@ -118,10 +137,11 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             (eax, ebx, ecx, edx)
         }
         7 if sub == 0 => {
-            // Max subleaf 0; EBX: BMI1, BMI2.
-            let ebx = (1 << 3) | (1 << 8);
+            // Max subleaf 0; EBX: BMI1, AVX2, BMI2.
+            let ebx = (1 << 3) | (1 << 5) | (1 << 8);
             (0, ebx, 0, 0)
         }
+        0xd => crate::xsave::cpuid_leaf(sub),
         0x4000_0000 => {
             let (b, c, d) = regs(b"wirtwirtwirt");
             (0x4000_0000, b, c, d)
@@ -163,17 +183,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn advertises_baseline_without_xsave() {
+    fn advertises_baseline() {
         let t = supported();
         let (_, ebx, ecx, edx) = lookup(&t, 1, 0);
         assert_eq!(ebx >> 24, 0, "the policy, not the engine, sets the APIC ID");
         assert_ne!(ecx & (1 << 31), 0, "hypervisor bit");
         assert_eq!(ecx & (1 << 3), 0, "no MONITOR/MWAIT");
-        assert_eq!(ecx & (1 << 12), 0, "no FMA");
-        assert_eq!(ecx & (1 << 26), 0, "no XSAVE");
-        assert_eq!(ecx & (1 << 27), 0, "no OSXSAVE");
-        assert_eq!(ecx & (1 << 28), 0, "no AVX");
-        assert_eq!(ecx & (1 << 29), 0, "no F16C");
+        assert_ne!(ecx & (1 << 12), 0, "FMA");
+        assert_ne!(ecx & (1 << 26), 0, "XSAVE");
+        assert_eq!(ecx & (1 << 27), 0, "OSXSAVE is CR4's, not the table's");
+        assert_ne!(ecx & (1 << 28), 0, "AVX");
+        assert_ne!(ecx & (1 << 29), 0, "F16C");
         for bit in [0, 4, 5, 6, 8, 9, 13, 15, 24, 25, 26] {
             assert_ne!(edx & (1 << bit), 0, "leaf 1 EDX bit {bit}");
         }
@@ -205,7 +225,7 @@ mod tests {
     fn advertises_x86_64_v2_and_the_integer_part_of_v3() {
         let t = supported();
         let (max, ..) = lookup(&t, 0, 0);
-        assert!(max >= 7, "leaf 7 reachable");
+        assert!(max >= 0xd, "leaves 7 and 0xD reachable");
         let (_, _, ecx, _) = lookup(&t, 1, 0);
         // SSE3, PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2, MOVBE, POPCNT, AES.
         for bit in [0, 1, 9, 13, 19, 20, 22, 23, 25] {
@@ -218,10 +238,27 @@ mod tests {
         assert_eq!(max_sub, 0);
         assert_eq!(
             ebx,
-            (1 << 3) | (1 << 8),
-            "BMI1 and BMI2 only (no AVX2, SMEP, ...)"
+            (1 << 3) | (1 << 5) | (1 << 8),
+            "BMI1, AVX2 and BMI2 only (no SMEP, ...)"
         );
         assert_eq!((ecx, edx), (0, 0));
         assert_eq!(base(7, 1), (0, 0, 0, 0), "no leaf-7 subleaf 1");
+    }
+
+    #[test]
+    fn xsave_leaf_lists_x87_sse_avx_in_the_standard_format() {
+        let t = supported();
+        assert!(t.iter().all(|e| e.function != 0xd || e.significant_index));
+        let (eax, ebx, ecx, edx) = lookup(&t, 0xd, 0);
+        assert_eq!((eax, edx), (7, 0), "x87, SSE, AVX");
+        assert_eq!(ebx, 576, "size for XCR0 = x87 (at reset)");
+        assert_eq!(ecx, 832, "size for every supported component");
+        assert_eq!(lookup(&t, 0xd, 1), (1, 0, 0, 0), "XSAVEOPT only");
+        assert_eq!(
+            lookup(&t, 0xd, 2),
+            (256, 576, 0, 0),
+            "AVX: 256 bytes at 576"
+        );
+        assert_eq!(lookup(&t, 0xd, 3), (0, 0, 0, 0));
     }
 }

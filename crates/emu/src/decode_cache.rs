@@ -156,6 +156,9 @@ fn ends_block(ins: &Instruction) -> bool {
         | Mnemonic::Lgs
         | Mnemonic::Fxrstor
         | Mnemonic::Fxrstor64
+        | Mnemonic::Xrstor
+        | Mnemonic::Xrstor64
+        | Mnemonic::Xsetbv
         | Mnemonic::Swapgs => true,
         _ => ins.code() == Code::INVALID,
     }

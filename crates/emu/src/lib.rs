@@ -26,7 +26,9 @@
 //!   IST), escalating to #DF and triple fault (`Exit::Shutdown`).
 //! - **Segments** (`segments.rs`), **MSRs** (`msr.rs`), **CPUID** (`cpuid.rs`), and the
 //!   separable **x87** (`x87/`: 80-bit arithmetic on `rustc_apfloat`, all D8–DF
-//!   instructions) and **SSE** (`sse.rs`) units.
+//!   instructions), **XSAVE** (`xsave.rs`: XCR0, XSAVE/XRSTOR) and **SSE/AVX** (`sse/`:
+//!   one lane function per SSE operation, used by the legacy, VEX.128 and VEX.256 forms)
+//!   units.
 //!
 //! Why hand-written: iced-x86 decodes but does not execute, and no maintained Rust crate
 //! executes x86-64 system code (paging, privilege changes, interrupts) at this level.
@@ -40,8 +42,8 @@
 //! fault). Device DMA into guest memory must be reported with
 //! `GuestRam::note_external_write` so cached code on those pages is dropped.
 //!
-//! Correctness: `tests/diff.rs` runs every integer, SSE/SSE2 and string instruction form
-//! against the host CPU; `tests/system.rs` runs small guest programs for the system parts.
+//! Correctness: `tests/diff.rs` runs every integer, SSE-SSE4.2, AVX and string instruction
+//! form against the host CPU; `tests/system.rs` runs small guest programs for the system parts.
 //! `examples/mips.rs` prints the speed; `examples/boot.rs` boots a Linux bzImage.
 
 mod cpu;
@@ -61,6 +63,7 @@ mod sse;
 mod state;
 mod tlb;
 mod x87;
+mod xsave;
 
 pub use cpu::{Cpu, Exit};
 pub use cpuid::CpuidLeaf;

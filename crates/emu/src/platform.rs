@@ -40,6 +40,9 @@ pub trait Platform {
     fn set_cr8(&mut self, _value: u64) {}
     /// The guest wrote IA32_TSC_DEADLINE (0x6e0) with a guest-TSC value (0 disarms).
     fn tsc_deadline_written(&mut self, _deadline: u64) {}
+
+    /// The guest executed PAUSE (it is spinning on something another vCPU will change).
+    fn pause(&mut self) {}
     /// An MSR the engine does not implement itself (e.g. x2APIC range). `None` = #GP.
     fn rdmsr(&mut self, _index: u32) -> Option<u64> {
         None

@@ -32,7 +32,8 @@ pub struct TableState {
     pub limit: u16,
 }
 
-/// x87 and SSE state, laid out as FXSAVE does (the 512-byte image).
+/// x87, SSE and AVX state: the FXSAVE fields (the 512-byte image), the upper halves of
+/// the YMM registers and XCR0 (the XSAVE feature-enable register).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FpuState {
     pub fcw: u16,
@@ -45,7 +46,19 @@ pub struct FpuState {
     /// ST0..ST7 as 80-bit values in the low 10 bytes of each 16.
     pub st: [[u8; 16]; 8],
     pub mxcsr: u32,
+    /// XMM0..15 = bits 127:0 of YMM0..15.
     pub xmm: [u128; 16],
+    /// Bits 255:128 of YMM0..15.
+    #[serde(default)]
+    pub ymm_hi: [u128; 16],
+    /// XCR0: the state components XSAVE manages and AVX instructions may use (bit 0 x87,
+    /// always set; bit 1 SSE; bit 2 AVX).
+    #[serde(default = "xcr0_reset")]
+    pub xcr0: u64,
+}
+
+fn xcr0_reset() -> u64 {
+    1
 }
 
 impl Default for FpuState {
@@ -60,6 +73,8 @@ impl Default for FpuState {
             st: [[0; 16]; 8],
             mxcsr: 0x1f80,
             xmm: [0; 16],
+            ymm_hi: [0; 16],
+            xcr0: xcr0_reset(),
         }
     }
 }

@@ -1,10 +1,12 @@
-//! Differential tests: every integer, SSE, MMX and x87 instruction form (iced `Code`) of
-//! the classes the engine implements runs with seeded random registers, flags, memory (and
-//! x87 state) on the engine and natively on the host CPU; results, flags (minus
-//! architecturally undefined ones) and memory must match bit for bit.
+//! Differential tests: every instruction form (iced `Code`) of the classes the engine
+//! implements — integer, SSE-SSE4.2, MMX, x87, and the VEX forms of AVX, AVX2, FMA and
+//! F16C — runs with seeded random registers (general, full YMM), flags, MXCSR rounding
+//! mode, memory (and x87 state) on the engine and natively on the host CPU; results,
+//! flags (minus architecturally undefined ones) and memory must match bit for bit.
 //!
 //! `EMU_DIFF_CASES` (cases per instruction form, default 40) and `EMU_DIFF_SEED` set the
-//! run; a failure prints the seed, the instruction and both states.
+//! run; a failure prints the seed, the instruction, its register inputs and both states.
+//! `EMU_DIFF_VERBOSE` lists the forms of a class that could not be generated.
 
 mod common;
 
@@ -12,12 +14,18 @@ use common::*;
 use emu::{Cpu, Exit};
 use iced_x86::code_asm::*;
 use iced_x86::{
-    Code, Encoder, Instruction, MemoryOperand, Mnemonic as M, OpCodeOperandKind as K, Register,
+    Code, CpuidFeature, Encoder, Instruction, MemoryOperand, Mnemonic as M, OpCodeOperandKind as K,
+    Register,
 };
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use vm_memory::{Bytes, GuestAddress};
 
 const BUF: usize = 1024;
+const CR4_OSXSAVE: u64 = 1 << 18;
+
+/// The host's memory buffer, aligned for the 32-byte aligned moves.
+#[repr(C, align(64))]
+struct Aligned([u8; BUF]);
 const MEM_OFF: i64 = 256;
 const ARITH: u64 = 0x8d5;
 const CF: u64 = 1;
@@ -36,14 +44,17 @@ struct St {
     /// saved and restored around the run).
     mxcsr: u64,
     xmm: [u128; 16],
+    /// Bits 255:128 of YMM0..15.
+    ymm_hi: [u128; 16],
 }
 
 /// The power-on MXCSR: all exceptions masked, round to nearest.
 const MXCSR_DEFAULT: u64 = 0x1f80;
 
 const XMM_OFF: i32 = 144;
-/// Offset of the FXSAVE image in [`XSt`].
-const FX_OFF: i32 = 400;
+const YMM_OFF: i32 = XMM_OFF + 256;
+/// Offset of the FXSAVE image in [`XSt`] (after [`St`]).
+const FX_OFF: i32 = YMM_OFF + 256;
 
 /// Register state plus the x87/SSE state as an FXSAVE image, for the x87 test.
 #[repr(C, align(16))]
@@ -102,6 +113,10 @@ impl Native {
                 a.movdqu(*x, xmmword_ptr(rdi + XMM_OFF + 16 * i as i32))
                     .unwrap();
             }
+            for (i, y) in YMMS.iter().enumerate() {
+                a.vinsertf128(*y, *y, xmmword_ptr(rdi + YMM_OFF + 16 * i as i32), 1)
+                    .unwrap();
+            }
             a.ldmxcsr(dword_ptr(rdi + 136)).unwrap();
             a.mov(rdi, qword_ptr(rdi + 56)).unwrap();
         });
@@ -129,6 +144,10 @@ impl Native {
                 a.movdqu(xmmword_ptr(rdi + XMM_OFF + 16 * i as i32), *x)
                     .unwrap();
             }
+            for (i, y) in YMMS.iter().enumerate() {
+                a.vextractf128(xmmword_ptr(rdi + YMM_OFF + 16 * i as i32), *y, 1)
+                    .unwrap();
+            }
             a.stmxcsr(dword_ptr(rdi + 136)).unwrap();
             a.pop(rax).unwrap();
             a.mov(qword_ptr(rdi + 56), rax).unwrap();
@@ -137,8 +156,10 @@ impl Native {
             }
             a.ldmxcsr(dword_ptr(rsp)).unwrap();
             a.add(rsp, 8).unwrap();
-            // The ABI requires DF=0 on return (the test may have set it).
+            // The ABI requires DF=0 on return (the test may have set it); clean upper
+            // YMM state keeps the caller's SSE code fast.
             a.cld().unwrap();
+            a.vzeroupper().unwrap();
             a.ret().unwrap();
         });
         // SAFETY: the mapping is 4096 bytes; prologue + 32 + epilogue is far smaller.
@@ -183,11 +204,18 @@ const XMMS: [AsmRegisterXmm; 16] = [
     xmm15,
 ];
 
+const YMMS: [AsmRegisterYmm; 16] = [
+    ymm0, ymm1, ymm2, ymm3, ymm4, ymm5, ymm6, ymm7, ymm8, ymm9, ymm10, ymm11, ymm12, ymm13, ymm14,
+    ymm15,
+];
+
 #[derive(Clone, Copy, Debug)]
 enum Op {
     R(Register),
     Mem,
     Imm(i64),
+    /// A VSIB memory operand: base RBX, this vector index register and scale.
+    Vsib(Register, u32),
 }
 
 fn gpr(size: usize, n: usize) -> Register {
@@ -238,8 +266,29 @@ fn gen_ops(rng: &mut StdRng, code: Code) -> Option<Vec<Op>> {
                     Op::R(unsafe_reg(Register::XMM0 as usize + rng.gen_range(0..16)))
                 }
             }
-            K::xmm_reg | K::xmm_rm => {
+            K::xmm_reg | K::xmm_rm | K::xmm_vvvv | K::xmm_is4 => {
                 Op::R(unsafe_reg(Register::XMM0 as usize + rng.gen_range(0..16)))
+            }
+            K::ymm_or_mem => {
+                if rng.gen_bool(0.5) {
+                    Op::Mem
+                } else {
+                    Op::R(unsafe_reg(Register::YMM0 as usize + rng.gen_range(0..16)))
+                }
+            }
+            K::ymm_reg | K::ymm_rm | K::ymm_vvvv | K::ymm_is4 => {
+                Op::R(unsafe_reg(Register::YMM0 as usize + rng.gen_range(0..16)))
+            }
+            K::mem_vsib32x | K::mem_vsib64x | K::mem_vsib32y | K::mem_vsib64y => {
+                let base = if matches!(k, K::mem_vsib32y | K::mem_vsib64y) {
+                    Register::YMM0
+                } else {
+                    Register::XMM0
+                };
+                Op::Vsib(
+                    unsafe_reg(base as usize + rng.gen_range(0..16)),
+                    1 << rng.gen_range(0..4),
+                )
             }
             K::r8_reg | K::r8_opcode => Op::R(pick_reg(rng, 1)),
             K::r16_reg | K::r16_opcode | K::r16_rm => Op::R(pick_reg(rng, 2)),
@@ -323,6 +372,26 @@ fn build(code: Code, ops: &[Op], disp: i64) -> Option<Instruction> {
             } else {
                 Instruction::with3(code, mem, *b, imm_u32(*i))
             }
+        }
+        [Op::R(a), Op::Vsib(x, scale), Op::R(c)] => Instruction::with3(
+            code,
+            *a,
+            MemoryOperand::with_base_index_scale_displ_size(
+                Register::RBX,
+                *x,
+                *scale,
+                MEM_OFF + disp,
+                1,
+            ),
+            *c,
+        ),
+        [Op::R(a), Op::R(b), Op::R(c), Op::R(d)] => Instruction::with4(code, *a, *b, *c, *d),
+        [Op::R(a), Op::R(b), Op::Mem, Op::R(d)] => Instruction::with4(code, *a, *b, mem, *d),
+        [Op::R(a), Op::R(b), Op::R(c), Op::Imm(i)] => {
+            Instruction::with4(code, *a, *b, *c, imm_u32(*i))
+        }
+        [Op::R(a), Op::R(b), Op::Mem, Op::Imm(i)] => {
+            Instruction::with4(code, *a, *b, mem, imm_u32(*i))
         }
         _ => return None,
     };
@@ -562,13 +631,158 @@ fn xmm_value(rng: &mut StdRng) -> u128 {
 
 #[test]
 fn integer_instructions_match_host() {
-    run_diff(CLASSES, 517);
+    run_diff(CLASSES, &[CpuidFeature::BMI1, CpuidFeature::BMI2], 517);
 }
 
 #[test]
 fn sse_instructions_match_host() {
     let classes: Vec<M> = M::values().filter(|m| sse_class(*m)).collect();
-    run_diff(&classes, 280);
+    run_diff(&classes, &[], 280);
+}
+
+/// The AVX forms: the VEX forms of the SSE instructions and the AVX-only ones (with AES
+/// and PCLMULQDQ, whose VEX.128 forms need only AVX besides).
+#[test]
+fn avx_instructions_match_host() {
+    let classes: Vec<M> = M::values()
+        .filter(|&m| m != legacy(m) && sse_class(legacy(m)) || avx_class(m))
+        .collect();
+    run_diff(
+        &classes,
+        &[
+            CpuidFeature::AVX,
+            CpuidFeature::AES,
+            CpuidFeature::PCLMULQDQ,
+        ],
+        AVX_FORMS,
+    );
+}
+
+/// The AVX2 forms: the VEX.256 integer forms of the SSE instructions and the AVX2-only
+/// ones (gathers with in-buffer indices; their fault behaviour is in `tests/avx.rs`).
+#[test]
+fn avx2_instructions_match_host() {
+    let classes: Vec<M> = M::values()
+        .filter(|&m| m != legacy(m) && sse_class(legacy(m)) || avx2_class(m))
+        .collect();
+    run_diff(&classes, &[CpuidFeature::AVX2], AVX2_FORMS);
+}
+
+/// The number of AVX2 forms `avx2_instructions_match_host` runs.
+const AVX2_FORMS: usize = 172;
+
+/// The AVX2 instructions without a legacy SSE counterpart.
+fn avx2_class(m: M) -> bool {
+    use M::*;
+    matches!(
+        m,
+        Vpermps
+            | Vpermd
+            | Vpsrlvd
+            | Vpsrlvq
+            | Vpsravd
+            | Vpsllvd
+            | Vpsllvq
+            | Vpbroadcastd
+            | Vpbroadcastq
+            | Vbroadcasti128
+            | Vpbroadcastb
+            | Vpbroadcastw
+            | Vbroadcastss
+            | Vbroadcastsd
+            | Vpmaskmovd
+            | Vpmaskmovq
+            | Vpermq
+            | Vpermpd
+            | Vpblendd
+            | Vinserti128
+            | Vextracti128
+            | Vperm2i128
+            | Vgatherdps
+            | Vgatherdpd
+            | Vgatherqps
+            | Vgatherqpd
+            | Vpgatherdd
+            | Vpgatherdq
+            | Vpgatherqd
+            | Vpgatherqq
+    )
+}
+
+/// FMA: every VFMADD/VFMSUB/VFNMADD/VFNMSUB/VFMADDSUB/VFMSUBADD form, with random
+/// MXCSR rounding modes.
+#[test]
+fn fma_instructions_match_host() {
+    let classes: Vec<M> = M::values().filter(|&m| fma_class(m)).collect();
+    run_diff(&classes, &[CpuidFeature::FMA], FMA_FORMS);
+}
+
+/// The number of FMA forms `fma_instructions_match_host` runs.
+const FMA_FORMS: usize = 96;
+
+fn fma_class(m: M) -> bool {
+    let name = format!("{m:?}");
+    ["Vfmadd", "Vfmsub", "Vfnmadd", "Vfnmsub"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// F16C: VCVTPH2PS and VCVTPS2PH (rounding from the immediate or MXCSR).
+#[test]
+fn f16c_instructions_match_host() {
+    run_diff(
+        &[M::Vcvtph2ps, M::Vcvtps2ph],
+        &[CpuidFeature::F16C],
+        F16C_FORMS,
+    );
+}
+
+/// The number of F16C forms `f16c_instructions_match_host` runs.
+const F16C_FORMS: usize = 4;
+
+/// The number of AVX forms `avx_instructions_match_host` runs.
+const AVX_FORMS: usize = 389;
+
+/// The AVX instructions without a legacy SSE counterpart.
+fn avx_class(m: M) -> bool {
+    use M::*;
+    matches!(
+        m,
+        Vbroadcastss
+            | Vbroadcastsd
+            | Vbroadcastf128
+            | Vinsertf128
+            | Vextractf128
+            | Vperm2f128
+            | Vpermilps
+            | Vpermilpd
+            | Vmaskmovps
+            | Vmaskmovpd
+            | Vtestps
+            | Vtestpd
+            | Vzeroupper
+            | Vzeroall
+            | Vmovntps
+            | Vmovntpd
+            | Vstmxcsr
+    )
+}
+
+/// The legacy SSE mnemonic of a VEX mnemonic (VADDPS → ADDPS); others map to themselves.
+fn legacy(m: M) -> M {
+    static NAMES: std::sync::OnceLock<std::collections::HashMap<String, M>> =
+        std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| M::values().map(|l| (format!("{l:?}"), l)).collect());
+    let name = format!("{m:?}");
+    let Some(rest) = name.strip_prefix('V') else {
+        return m;
+    };
+    let mut chars = rest.chars();
+    let Some(first) = chars.next() else {
+        return m;
+    };
+    let want = format!("{}{}", first.to_ascii_uppercase(), chars.as_str());
+    names.get(&want).copied().unwrap_or(m)
 }
 
 fn sse_class(m: M) -> bool {
@@ -842,6 +1056,8 @@ fn mxcsr_exact(m: M) -> bool {
 fn mxcsr_rounding(m: M) -> bool {
     use M::*;
     mxcsr_exact(m)
+        || fma_class(m)
+        || m == M::Vcvtps2ph
         || matches!(
             m,
             Cvtsd2si
@@ -900,29 +1116,10 @@ fn string_value(rng: &mut StdRng) -> u128 {
     u128::from_le_bytes(b)
 }
 
-/// The VEX-encoded general-purpose instructions (BMI1/BMI2), compared in their VEX forms.
-fn bmi_class(m: M) -> bool {
-    matches!(
-        m,
-        M::Andn
-            | M::Bextr
-            | M::Blsi
-            | M::Blsmsk
-            | M::Blsr
-            | M::Bzhi
-            | M::Mulx
-            | M::Pdep
-            | M::Pext
-            | M::Rorx
-            | M::Sarx
-            | M::Shlx
-            | M::Shrx
-    )
-}
-
-/// Runs every form of `classes`; `min_forms` is the number of forms the classes have, so
-/// a form that silently stops being generated fails the test.
-fn run_diff(classes: &[M], min_forms: usize) {
+/// Runs every form of `classes` (VEX forms only if the CPUID features they need are all
+/// in `vex`); `min_forms` is the number of forms the classes have, so a form that silently
+/// stops being generated fails the test.
+fn run_diff(classes: &[M], vex: &[CpuidFeature], min_forms: usize) {
     let seed: u64 = std::env::var("EMU_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -937,18 +1134,15 @@ fn run_diff(classes: &[M], min_forms: usize) {
     setup_long_mode(&mem);
     let mut cpu = Cpu::new(&mem);
     let mut plat = TestPlatform::default();
-    let mut host_store = vec![0u128; BUF / 16];
-    // SAFETY: viewing a u128 vector as bytes (16-byte aligned for SSE operands).
-    let host_buf: &mut [u8] =
-        unsafe { std::slice::from_raw_parts_mut(host_store.as_mut_ptr() as *mut u8, BUF) };
+    let mut host_store = Box::new(Aligned([0; BUF]));
+    let host_buf: &mut [u8] = &mut host_store.0;
     let mut tested = 0usize;
     let mut forms = 0usize;
     for code in Code::values() {
         let oc = code.op_code();
-        // Legacy encodings, plus VEX for the general-purpose (BMI) instructions.
         let encoding_ok = match oc.encoding() {
             iced_x86::EncodingKind::Legacy => true,
-            iced_x86::EncodingKind::VEX => bmi_class(oc.mnemonic()),
+            iced_x86::EncodingKind::VEX => code.cpuid_features().iter().all(|f| vex.contains(f)),
             _ => false,
         };
         if !encoding_ok || !oc.mode64() || !classes.contains(&oc.mnemonic()) {
@@ -964,7 +1158,13 @@ fn run_diff(classes: &[M], min_forms: usize) {
             let Some(ops) = gen_ops(&mut rng, code) else {
                 break;
             };
-            let disp = rng.gen_range(0..8) * 16;
+            let vex = oc.encoding() == iced_x86::EncodingKind::VEX;
+            // 32-byte aligned for the VEX.256 aligned moves.
+            let disp = if vex {
+                rng.gen_range(0..4) * 32
+            } else {
+                rng.gen_range(0..8) * 16
+            };
             let Some(mut ins) = build(code, &ops, disp) else {
                 continue;
             };
@@ -985,19 +1185,29 @@ fn run_diff(classes: &[M], min_forms: usize) {
                 flags: (rng.gen::<u64>() & ARITH) | 2,
                 mxcsr: MXCSR_DEFAULT,
                 xmm: [0; 16],
+                ymm_hi: [0; 16],
             };
-            for x in st.xmm.iter_mut() {
+            for x in st.xmm.iter_mut().chain(st.ymm_hi.iter_mut()) {
                 *x = xmm_value(&mut rng);
             }
             for g in st.gpr.iter_mut() {
                 *g = interesting(&mut rng);
             }
-            let m = ins.mnemonic();
+            let m = legacy(ins.mnemonic());
             if mxcsr_rounding(m) {
                 st.mxcsr = MXCSR_DEFAULT | rng.gen_range(0..4) << 13;
             }
+            if matches!(
+                m,
+                M::Vpsllvd | M::Vpsllvq | M::Vpsrlvd | M::Vpsrlvq | M::Vpsravd
+            ) {
+                // Per-element counts: mostly below the element width.
+                for x in st.xmm.iter_mut().chain(st.ymm_hi.iter_mut()) {
+                    *x = u128::from_le_bytes(x.to_le_bytes().map(|b| b % 72));
+                }
+            }
             if string_compare(m) {
-                for x in st.xmm.iter_mut() {
+                for x in st.xmm.iter_mut().chain(st.ymm_hi.iter_mut()) {
                     *x = string_value(&mut rng);
                 }
                 // Lengths: mostly in or near the element count, of either sign.
@@ -1006,6 +1216,27 @@ fn run_diff(classes: &[M], min_forms: usize) {
                         st.gpr[r] = rng.gen_range(-20i64..=20) as u64;
                     }
                 }
+            }
+            if let [Op::R(d), Op::Vsib(x, scale), Op::R(k)] = ops[..] {
+                // Gathers: distinct registers, and every element's address in the buffer.
+                let n = |r: Register| r.full_register() as usize - Register::ZMM0 as usize;
+                if n(d) == n(x) || n(d) == n(k) || n(x) == n(k) {
+                    continue;
+                }
+                let wide = matches!(oc.op_kind(1), K::mem_vsib64x | K::mem_vsib64y);
+                let lo = -(MEM_OFF + disp) / scale as i64;
+                let hi = (BUF as i64 - 8 - MEM_OFF - disp) / scale as i64;
+                let mut v = [0u8; 32];
+                for e in v.chunks_mut(if wide { 8 } else { 4 }) {
+                    let i = rng.gen_range(lo..=hi);
+                    let len = e.len();
+                    e.copy_from_slice(&i.to_le_bytes()[..len]);
+                }
+                let mut h = [0u8; 16];
+                h.copy_from_slice(&v[..16]);
+                st.xmm[n(x)] = u128::from_le_bytes(h);
+                h.copy_from_slice(&v[16..]);
+                st.ymm_hi[n(x)] = u128::from_le_bytes(h);
             }
             if matches!(m, M::Bt | M::Bts | M::Btr | M::Btc)
                 && ins.op0_kind() == iced_x86::OpKind::Memory
@@ -1030,6 +1261,9 @@ fn run_diff(classes: &[M], min_forms: usize) {
             regs.gpr[4] = KSTACK_TOP;
             regs.rflags = st.flags;
             regs.fpu.xmm = st.xmm;
+            regs.fpu.ymm_hi = st.ymm_hi;
+            regs.cr4 |= CR4_OSXSAVE;
+            regs.fpu.xcr0 = 7;
             regs.fpu.mxcsr = st.mxcsr as u32;
             let mut prog = bytes.clone();
             prog.push(0xf4);
@@ -1065,7 +1299,10 @@ fn run_diff(classes: &[M], min_forms: usize) {
             host_gpr[4] = 0;
             let src_zero = matches!(m, M::Bsf | M::Bsr) && hs.flags & ZF != 0;
             if !skip_result && !src_zero {
-                bad |= emu_gpr != host_gpr || emu_buf != host_buf || er.fpu.xmm != hs.xmm;
+                bad |= emu_gpr != host_gpr
+                    || emu_buf != host_buf
+                    || er.fpu.xmm != hs.xmm
+                    || er.fpu.ymm_hi != hs.ymm_hi;
             }
             if mxcsr_exact(m) {
                 bad |= er.fpu.mxcsr as u64 != hs.mxcsr;
@@ -1088,8 +1325,31 @@ fn run_diff(classes: &[M], min_forms: usize) {
                             st.xmm[i], er.fpu.xmm[i], hs.xmm[i]
                         )
                     })
+                    .chain(
+                        (0..16)
+                            .filter(|&i| er.fpu.ymm_hi[i] != hs.ymm_hi[i])
+                            .map(|i| {
+                                format!(
+                                    "ymm{i}[255:128]: in {:#x} emu {:#x} host {:#x}",
+                                    st.ymm_hi[i], er.fpu.ymm_hi[i], hs.ymm_hi[i]
+                                )
+                            }),
+                    )
                     .collect();
                 eprintln!("{xdiff:?}");
+                for i in 0..ins.op_count() {
+                    if ins.op_kind(i) != iced_x86::OpKind::Register {
+                        continue;
+                    }
+                    let r = ins.op_register(i);
+                    let n = (r.full_register() as usize).wrapping_sub(Register::ZMM0 as usize);
+                    if n < 16 {
+                        eprintln!(
+                            "operand {i} ({r:?}) in: {:#x} {:#x}",
+                            st.ymm_hi[n], st.xmm[n]
+                        );
+                    }
+                }
                 panic!(
                     "mismatch (seed {seed}) for `{ins}` ({code:?}) bytes {bytes:02x?}\n flags in {:#x} emu {:#x} host {:#x} (compared {fm:#x})\n regs: {diff:?}\n mem equal: {}\n mxcsr in {:#x} emu {:#x} host {:#x}",
                     st.flags, er.rflags, hs.flags, emu_buf == host_buf, st.mxcsr, er.fpu.mxcsr, hs.mxcsr
@@ -1100,6 +1360,8 @@ fn run_diff(classes: &[M], min_forms: usize) {
         if ran > 0 {
             forms += 1;
             tested += ran;
+        } else if std::env::var_os("EMU_DIFF_VERBOSE").is_some() {
+            eprintln!("not run: {code:?}");
         }
     }
     eprintln!("differential: {forms} instruction forms, {tested} cases (seed {seed})");
@@ -1176,6 +1438,7 @@ fn string_instructions_match_host() {
                 flags: (rng.gen::<u64>() & ARITH) | 2 | if df { 0x400 } else { 0 },
                 mxcsr: MXCSR_DEFAULT,
                 xmm: [0; 16],
+                ymm_hi: [0; 16],
             };
             for g in st.gpr.iter_mut() {
                 *g = rng.gen();
@@ -1603,6 +1866,7 @@ fn x87_instructions_match_host() {
                     flags: (rng.gen::<u64>() & ARITH) | 2,
                     mxcsr: MXCSR_DEFAULT,
                     xmm: [0; 16],
+                    ymm_hi: [0; 16],
                 },
                 fx: [0; 512],
             };
@@ -2013,6 +2277,7 @@ fn mmx_instructions_match_host() {
                     flags: (rng.gen::<u64>() & ARITH) | 2,
                     mxcsr: MXCSR_DEFAULT | rng.gen_range(0..4) << 13,
                     xmm: [0; 16],
+                    ymm_hi: [0; 16],
                 },
                 fx: [0; 512],
             };

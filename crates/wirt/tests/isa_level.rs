@@ -60,7 +60,6 @@ fn an_x86_64_v2_binary_runs_as_on_the_host() {
 }
 
 #[test]
-#[ignore = "x86-64-v3 needs AVX, AVX2, FMA, F16C and XSAVE in the software engine (issue 10)"]
 fn an_x86_64_v3_binary_runs_as_on_the_host() {
     run_level("v3");
 }

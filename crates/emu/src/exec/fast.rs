@@ -315,7 +315,8 @@ pub fn classify(ins: &Instruction, bitness: u32) -> Kind {
     let k1 = ins.op1_kind();
     let lock = ins.has_lock_prefix();
     match m {
-        M::Nop | M::Pause | M::Endbr64 => Kind::Nop,
+        // PAUSE is not a plain NOP: it tells the platform the vCPU is spinning.
+        M::Nop | M::Endbr64 => Kind::Nop,
         M::Jmp
             if k0 == OpKind::NearBranch64
                 || k0 == OpKind::NearBranch32

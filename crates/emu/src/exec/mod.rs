@@ -265,8 +265,14 @@ impl Cpu {
             M::Lahf | M::Sahf | M::Clc | M::Stc | M::Cmc | M::Cld | M::Std | M::Cli | M::Sti => {
                 self.flag_op(ins)
             }
+            M::Pause => {
+                // A spin-wait hint: end the block and let the platform give the host
+                // CPU to another vCPU (pause-loop exiting, as VMX/SVM hosts do).
+                self.block_end = true;
+                io.pause();
+                Ok(())
+            }
             M::Nop
-            | M::Pause
             | M::Endbr64
             | M::Endbr32
             | M::Lfence
@@ -352,6 +358,15 @@ impl Cpu {
             }
             M::In | M::Out => self.port_io(io, ins),
             M::Lss | M::Lfs | M::Lgs | M::Lds | M::Les => self.load_far_pointer(io, ins),
+            M::Xgetbv
+            | M::Xsetbv
+            | M::Xsave
+            | M::Xsave64
+            | M::Xsaveopt
+            | M::Xsaveopt64
+            | M::Xrstor
+            | M::Xrstor64 => self.xsave_op(io, ins),
+            _ if ins.encoding() == iced_x86::EncodingKind::VEX => self.avx(io, ins),
             m if crate::x87::handles(m) => self.x87(io, ins),
             m if crate::sse::handles(m) => self.sse(io, ins),
             _ => {

@@ -107,9 +107,11 @@ impl Cpu {
     }
 
     pub(crate) fn write_cr4(&mut self, v: u64) -> R<()> {
-        // Supported: VME..PCE, OSFXSR, OSXMMEXCPT, FSGSBASE is not advertised.
+        // Supported: VME..PCE, OSFXSR, OSXMMEXCPT (FSGSBASE is not advertised), and
+        // OSXSAVE when this vCPU's CPUID offers XSAVE.
         const SUPPORTED: u64 = 0x7ff;
-        if v & !SUPPORTED != 0 {
+        let xsave = if self.offers_xsave() { CR4_OSXSAVE } else { 0 };
+        if v & !(SUPPORTED | xsave) != 0 {
             return Err(gp0());
         }
         if self.efer & EFER_LMA != 0 && v & CR4_PAE == 0 {
@@ -133,12 +135,7 @@ impl Cpu {
                 Ok(())
             }
             M::Cpuid => {
-                let leaf = self.gpr[0] as u32;
-                let (a, b, c, mut d) = crate::cpuid::lookup(&self.cpuid, leaf, self.gpr[1] as u32);
-                if leaf == 1 && self.msr.apic_base & crate::msr::APIC_BASE_ENABLE == 0 {
-                    // CPUID.1:EDX.APIC follows IA32_APIC_BASE's global enable, as on hardware.
-                    d &= !LEAF1_EDX_APIC;
-                }
+                let (a, b, c, d) = self.cpuid_dynamic(self.gpr[0] as u32, self.gpr[1] as u32);
                 self.gpr[0] = a as u64;
                 self.gpr[3] = b as u64;
                 self.gpr[1] = c as u64;
@@ -406,5 +403,30 @@ pub(crate) fn flat_segment(sel: u16, type_: u8, dpl: u8, long: bool) -> SegmentS
         db: !long,
         g: true,
         unusable: false,
+    }
+}
+
+impl Cpu {
+    /// CPUID as the instruction returns it: the vCPU's table, plus the bits that follow
+    /// the vCPU's state as on hardware — leaf 1 ECX bit 27 (OSXSAVE) is CR4.OSXSAVE, leaf 1
+    /// EDX bit 9 (APIC) IA32_APIC_BASE's global enable, and leaf 0xD subleaf 0 EBX the
+    /// XSAVE area size for the components XCR0 enables.
+    pub(crate) fn cpuid_dynamic(&self, leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
+        let (a, mut b, mut c, mut d) = crate::cpuid::lookup(&self.cpuid, leaf, sub);
+        match (leaf, sub) {
+            (1, _) => {
+                c &= !(1 << 27);
+                if self.cr4 & CR4_OSXSAVE != 0 {
+                    c |= 1 << 27;
+                }
+                if self.msr.apic_base & crate::msr::APIC_BASE_ENABLE == 0 {
+                    // EDX.APIC follows IA32_APIC_BASE's global enable.
+                    d &= !LEAF1_EDX_APIC;
+                }
+            }
+            (0xd, 0) if a != 0 => b = crate::xsave::area_size(self.fpu.xcr0),
+            _ => {}
+        }
+        (a, b, c, d)
     }
 }

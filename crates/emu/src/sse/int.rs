@@ -64,6 +64,11 @@ fn extension(m: M) -> Option<(usize, usize, bool)> {
     })
 }
 
+/// How many source bytes one 128-bit lane of a PMOVSX/PMOVZX result takes.
+pub(super) fn extension_input(m: M) -> Option<u32> {
+    extension(m).map(|(from, to, _)| (16 * from / to) as u32)
+}
+
 pub(super) fn handles(m: M) -> bool {
     use M::*;
     extension(m).is_some()

@@ -3,7 +3,7 @@
 //! PSUBQ, PMULUDQ), MOVQ2DQ/MOVDQ2Q, the CVT*PI* conversions, SSSE3's MMX forms, and
 //! EMMS (and AMD's FEMMS, the same here).
 //!
-//! The lanes are computed by the XMM code (`Cpu::sse_values`, `int`, `shift_lanes`) on the
+//! The lanes are computed by the XMM code (`compute::lane`) on the
 //! 64-bit values zero-extended to 128 bits, keeping the low 64 bits of the result. That is
 //! exact for every lane-wise operation; the few whose lanes cross the halves of an XMM
 //! register get their inputs arranged so that the low half is the MMX result ([`widen`]).
@@ -20,6 +20,7 @@
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
+use super::compute;
 use super::lanes::*;
 use crate::cpu::{Cpu, CR0_EM, CR0_TS, CR4_OSFXSR};
 use crate::exceptions::{ud, Fault, NM, R};
@@ -130,12 +131,16 @@ impl Cpu {
         self.xdst(io, ins, v)
     }
 
-    /// The XMM lanes of `m` (see `sse_values`), for instructions that return a value.
+    /// The XMM lanes of `m` on `a` and `b`: the lane function the legacy SSE and the VEX
+    /// forms use (`compute::lane`), with `ins`'s immediate and MXCSR.
     fn lanes(&mut self, m: M, ins: &Instruction, a: u128, b: u128) -> R<u128> {
-        match self.sse_values(m, ins, a, b)? {
-            Some(r) => Ok(r),
-            None => Err(self.unimplemented(ins)),
-        }
+        let src_mem = ins.op1_kind() == OpKind::Memory;
+        let mut env = compute::Env::new(self.fpu.mxcsr, self.fpu.xmm[0], src_mem, false);
+        let Some(r) = compute::lane(m, a, b, ins.immediate8(), &mut env) else {
+            return Err(self.unimplemented(ins));
+        };
+        self.fpu.mxcsr |= env.raised;
+        Ok(r)
     }
 
     fn mmx_execute(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
@@ -186,12 +191,14 @@ impl Cpu {
             }
             Psllw | Pslld | Psllq | Psrlw | Psrld | Psrlq | Psraw | Psrad => {
                 let a = self.msrc(io, ins, 0)?;
+                // The lane function takes the count as the second source's low quadword.
                 let count = if ins.op1_kind() == OpKind::Immediate8 {
-                    ins.immediate(1) & 0xff
+                    ins.immediate8() as u128
                 } else {
-                    self.msrc(io, ins, 1)? as u64
+                    self.msrc(io, ins, 1)? & low
                 };
-                self.mdst(io, ins, super::shift_lanes(m, a, count))
+                let r = self.lanes(m, ins, a, count)?;
+                self.mdst(io, ins, r & low)
             }
             _ => {
                 let a = self.msrc(io, ins, 0)? as u64;

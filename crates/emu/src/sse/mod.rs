@@ -1,10 +1,13 @@
-//! SSE through SSE4.2, PCLMULQDQ and AES-NI on the XMM registers. This module: moves, SSE/SSE2 integer lane
-//! arithmetic, logic, shifts, shuffles/unpacks/packs, scalar and packed single/double
-//! floating point, comparisons, conversions, MXCSR access, and the operand plumbing
-//! (XMM/memory sources and destinations, GPR extracts and inserts) for the submodules:
-//! `int` (SSSE3 and SSE4.1/4.2 integer lanes), `float` (SSE3 and SSE4.1 floating point),
-//! `string` (SSE4.2 PCMPxSTRx), `crypto` (PCLMULQDQ, AES-NI), `rounding` (MXCSR.RC for
-//! the arithmetic) and `lanes` (lane views).
+//! SSE through SSE4.2, PCLMULQDQ and AES-NI on the XMM registers, and their VEX forms
+//! (`avx`, `avx_ops`, `gather`: AVX and AVX2 on the YMM registers; `fma`, `f16c`). This
+//! module: moves, SSE/SSE2 integer lane arithmetic, logic, shifts,
+//! shuffles/unpacks/packs, scalar and packed single/double floating point, comparisons,
+//! conversions, MXCSR access, and the operand plumbing (XMM/memory sources and
+//! destinations, GPR extracts and inserts) for the submodules: `compute` (the lane
+//! function of every SSE operation), `int` (SSSE3 and SSE4.1/4.2 integer lanes),
+//! `float` (SSE3 and SSE4.1 floating point), `string` (SSE4.2 PCMPxSTRx), `crypto`
+//! (PCLMULQDQ, AES-NI), `rounding` (MXCSR.RC for the arithmetic) and `lanes` (lane
+//! views).
 //!
 //! Floating point: every rounding operation honours MXCSR.RC — arithmetic, square roots,
 //! narrowing and integer-to-float conversions through `rounding` (which also applies the
@@ -14,7 +17,7 @@
 //! when inexact unless imm bit 3 suppresses it); every other instruction leaves them
 //! unchanged, and SIMD floating-point exceptions (#XM) are never raised, whatever the
 //! MXCSR masks say. The MMX-register forms (and EMMS) go to `mmx`, which computes them
-//! with the same lane operations on 64-bit values.
+//! with the same lane function (`compute::lane`) on 64-bit values.
 
 use iced_x86::{Instruction, Mnemonic as M, OpKind, Register};
 
@@ -23,16 +26,22 @@ use crate::exceptions::{gp0, ud, Fault, NM, R};
 use crate::flags::{mask, CF, PF, ZF};
 use crate::platform::Platform;
 
+mod avx;
+mod avx_ops;
+mod compute;
 mod crypto;
+mod f16c;
 mod float;
+mod fma;
+mod gather;
 mod int;
 mod lanes;
 mod mmx;
 mod rounding;
 mod string;
 
+pub(crate) use avx::VexOffer;
 use lanes::*;
-use rounding::{arith32, arith64, Arith, Rc};
 
 pub fn handles(m: M) -> bool {
     use M::*;
@@ -216,6 +225,16 @@ pub fn handles(m: M) -> bool {
         )
 }
 
+/// Whether `ins` requires its 16-byte memory operand to be aligned: the legacy SSE forms
+/// unless `unaligned_ok`, the VEX forms only for the explicitly aligned moves.
+fn must_align(ins: &Instruction) -> bool {
+    if ins.encoding() == iced_x86::EncodingKind::VEX {
+        avx::aligned_move(ins.mnemonic())
+    } else {
+        !unaligned_ok(ins.mnemonic())
+    }
+}
+
 /// Instructions that accept an unaligned 16-byte memory operand.
 fn unaligned_ok(m: M) -> bool {
     use M::*;
@@ -249,17 +268,34 @@ fn maxf<T: PartialOrd>(a: T, b: T) -> T {
     }
 }
 
+/// The CMPPS/CMPSS/... predicate `p` (0-31; the legacy forms pass 0-7): bits 2:0 pick
+/// the relation, bit 3 its unordered/ordered counterpart (bit 4 only changes which NaNs
+/// signal, which the engine does not report).
 fn cmp_pred<T: PartialOrd>(a: T, b: T, p: u8) -> bool {
-    let unord = a.partial_cmp(&b).is_none();
-    match p & 7 {
-        0 => a == b,
-        1 => a < b,
-        2 => a <= b,
+    use std::cmp::Ordering::*;
+    let ord = a.partial_cmp(&b);
+    let unord = ord.is_none();
+    let base = match p & 7 {
+        0 => ord == Some(Equal),
+        1 => ord == Some(Less),
+        2 => matches!(ord, Some(Less | Equal)),
         3 => unord,
-        4 => a != b || unord,
-        5 => a.partial_cmp(&b) != Some(std::cmp::Ordering::Less),
-        6 => matches!(a.partial_cmp(&b), Some(std::cmp::Ordering::Greater) | None),
+        4 => ord != Some(Equal),
+        5 => ord != Some(Less),
+        6 => !matches!(ord, Some(Less | Equal)),
         _ => !unord,
+    };
+    if p & 8 == 0 {
+        base
+    } else {
+        match p & 7 {
+            // EQ_UQ, NGE_US, NGT_US: also true when unordered.
+            0..=2 => base || unord,
+            // FALSE, NEQ_OQ, GE_OS, GT_OS, TRUE: the opposite treatment of unordered.
+            3 => false,
+            4..=6 => base && !unord,
+            _ => true,
+        }
     }
 }
 
@@ -321,7 +357,7 @@ impl Cpu {
             OpKind::Memory => {
                 let size = ins.memory_size().size().min(16);
                 let lin = self.mem_lin(ins);
-                if size == 16 && !unaligned_ok(ins.mnemonic()) && lin & 15 != 0 {
+                if size == 16 && lin & 15 != 0 && must_align(ins) {
                     return Err(gp0());
                 }
                 let user = self.user();
@@ -377,8 +413,13 @@ impl Cpu {
         if self.cr0 & CR0_TS != 0 {
             return Err(Fault::new(NM));
         }
+        self.sse_op(io, ins, ins.mnemonic())
+    }
+
+    /// Executes `ins` as the legacy SSE instruction `m` (also the VEX.128 forms whose
+    /// operands are laid out as the legacy ones: `avx` passes their legacy mnemonic).
+    fn sse_op(&mut self, io: &mut dyn Platform, ins: &Instruction, m: M) -> R<()> {
         use M::*;
-        let m = ins.mnemonic();
         let op0_mem = ins.op0_kind() == OpKind::Memory;
         match m {
             Ldmxcsr => {
@@ -508,7 +549,7 @@ impl Cpu {
                 Ok(())
             }
             Pcmpestri | Pcmpestri64 | Pcmpestrm | Pcmpestrm64 | Pcmpistri | Pcmpistrm => {
-                self.pcmpstr(io, ins)
+                self.pcmpstr(io, ins, m)
             }
             Pinsrw => {
                 let s = self.xsrc(io, ins, 1)? as u16;
@@ -517,437 +558,49 @@ impl Cpu {
                 w[i] = s;
                 self.xdst(io, ins, from_w(w))
             }
-            _ => self.sse_compute(io, ins),
+            _ => self.sse_compute(io, ins, m),
         }
     }
 
-    fn sse_compute(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+    fn sse_compute(&mut self, io: &mut dyn Platform, ins: &Instruction, m: M) -> R<()> {
         use M::*;
-        let m = ins.mnemonic();
-        // Shifts by immediate have the XMM register as operand 0 and an immediate.
-        if matches!(
-            m,
-            Psllw | Pslld | Psllq | Psrlw | Psrld | Psrlq | Psraw | Psrad | Pslldq | Psrldq
-        ) {
-            let a = self.xreg0(ins);
-            let count = if ins.op1_kind() == OpKind::Register || ins.op1_kind() == OpKind::Memory {
-                self.xsrc(io, ins, 1)? as u64
-            } else {
-                ins.immediate(1) & 0xff
-            };
-            let r = shift_lanes(m, a, count);
-            return self.xdst(io, ins, r);
-        }
         let a = self.xreg0(ins);
-        let b = self.xsrc(io, ins, 1)?;
-        match self.sse_values(ins.mnemonic(), ins, a, b)? {
-            Some(r) => self.xdst(io, ins, r),
-            None => Ok(()),
-        }
-    }
-
-    /// The lanes of instruction `m` (`ins`'s mnemonic, or for an MMX form the XMM
-    /// instruction with its lane semantics) on destination `a` and source `b`: the result
-    /// to write, or None if the instruction wrote its result (flags, a GPR) itself.
-    fn sse_values(&mut self, m: M, ins: &Instruction, a: u128, b: u128) -> R<Option<u128>> {
-        use M::*;
+        // The element shifts by immediate have the immediate as operand 1.
+        let b = match ins.op1_kind() {
+            OpKind::Register | OpKind::Memory => self.xsrc(io, ins, 1)?,
+            _ => ins.immediate8() as u128,
+        };
         let rc = (self.fpu.mxcsr >> 13) & 3;
-        let rcm = Rc::from_mxcsr(self.fpu.mxcsr);
-        let r: u128 = match m {
-            Pxor | Xorps | Xorpd => a ^ b,
-            Por | Orps | Orpd => a | b,
-            Pand | Andps | Andpd => a & b,
-            Pandn | Andnps | Andnpd => !a & b,
-            Paddb | Psubb | Paddusb | Psubusb | Paddsb | Psubsb | Pcmpeqb | Pcmpgtb | Pminub
-            | Pmaxub | Pavgb => {
-                let (x, y) = (b16(a), b16(b));
-                from_b(std::array::from_fn(|i| {
-                    let (p, q) = (x[i], y[i]);
-                    match m {
-                        Paddb => p.wrapping_add(q),
-                        Psubb => p.wrapping_sub(q),
-                        Paddusb => p.saturating_add(q),
-                        Psubusb => p.saturating_sub(q),
-                        Paddsb => sat_i8(p as i8 as i32 + q as i8 as i32),
-                        Psubsb => sat_i8(p as i8 as i32 - q as i8 as i32),
-                        Pcmpeqb => {
-                            if p == q {
-                                0xff
-                            } else {
-                                0
-                            }
-                        }
-                        Pcmpgtb => {
-                            if (p as i8) > (q as i8) {
-                                0xff
-                            } else {
-                                0
-                            }
-                        }
-                        Pminub => p.min(q),
-                        Pmaxub => p.max(q),
-                        _ => ((p as u16 + q as u16 + 1) >> 1) as u8,
-                    }
-                }))
-            }
-            Paddw | Psubw | Paddusw | Psubusw | Paddsw | Psubsw | Pcmpeqw | Pcmpgtw | Pminsw
-            | Pmaxsw | Pavgw | Pmullw | Pmulhw | Pmulhuw => {
-                let (x, y) = (w8(a), w8(b));
-                from_w(std::array::from_fn(|i| {
-                    let (p, q) = (x[i], y[i]);
-                    let (sp, sq) = (p as i16 as i32, q as i16 as i32);
-                    match m {
-                        Paddw => p.wrapping_add(q),
-                        Psubw => p.wrapping_sub(q),
-                        Paddusw => p.saturating_add(q),
-                        Psubusw => p.saturating_sub(q),
-                        Paddsw => sat_i16(sp + sq),
-                        Psubsw => sat_i16(sp - sq),
-                        Pcmpeqw => {
-                            if p == q {
-                                0xffff
-                            } else {
-                                0
-                            }
-                        }
-                        Pcmpgtw => {
-                            if sp > sq {
-                                0xffff
-                            } else {
-                                0
-                            }
-                        }
-                        Pminsw => sp.min(sq) as u16,
-                        Pmaxsw => sp.max(sq) as u16,
-                        Pavgw => ((p as u32 + q as u32 + 1) >> 1) as u16,
-                        Pmullw => (sp * sq) as u16,
-                        Pmulhw => ((sp * sq) >> 16) as u16,
-                        _ => ((p as u32 * q as u32) >> 16) as u16,
-                    }
-                }))
-            }
-            Paddd | Psubd | Pcmpeqd | Pcmpgtd => {
-                let (x, y) = (d4(a), d4(b));
-                from_d(std::array::from_fn(|i| {
-                    let (p, q) = (x[i], y[i]);
-                    match m {
-                        Paddd => p.wrapping_add(q),
-                        Psubd => p.wrapping_sub(q),
-                        Pcmpeqd => {
-                            if p == q {
-                                u32::MAX
-                            } else {
-                                0
-                            }
-                        }
-                        _ => {
-                            if (p as i32) > (q as i32) {
-                                u32::MAX
-                            } else {
-                                0
-                            }
-                        }
-                    }
-                }))
-            }
-            Paddq | Psubq | Pmuludq => {
-                let (x, y) = (q2(a), q2(b));
-                from_q(std::array::from_fn(|i| match m {
-                    Paddq => x[i].wrapping_add(y[i]),
-                    Psubq => x[i].wrapping_sub(y[i]),
-                    _ => (x[i] as u32 as u64) * (y[i] as u32 as u64),
-                }))
-            }
-            Pmaddwd => {
-                let (x, y) = (w8(a), w8(b));
-                from_d(std::array::from_fn(|i| {
-                    let p0 = x[2 * i] as i16 as i32 * y[2 * i] as i16 as i32;
-                    let p1 = x[2 * i + 1] as i16 as i32 * y[2 * i + 1] as i16 as i32;
-                    p0.wrapping_add(p1) as u32
-                }))
-            }
-            Psadbw => {
-                let (x, y) = (b16(a), b16(b));
-                let s = |h: usize| {
-                    (0..8)
-                        .map(|i| (x[h + i] as i32 - y[h + i] as i32).unsigned_abs() as u64)
-                        .sum::<u64>()
-                };
-                from_q([s(0), s(8)])
-            }
-            Punpcklbw | Punpckhbw => {
-                let h = if m == Punpckhbw { 8 } else { 0 };
-                let (x, y) = (b16(a), b16(b));
-                from_b(std::array::from_fn(|i| {
-                    if i % 2 == 0 {
-                        x[h + i / 2]
-                    } else {
-                        y[h + i / 2]
-                    }
-                }))
-            }
-            Punpcklwd | Punpckhwd => {
-                let h = if m == Punpckhwd { 4 } else { 0 };
-                let (x, y) = (w8(a), w8(b));
-                from_w(std::array::from_fn(|i| {
-                    if i % 2 == 0 {
-                        x[h + i / 2]
-                    } else {
-                        y[h + i / 2]
-                    }
-                }))
-            }
-            Punpckldq | Punpckhdq | Unpcklps | Unpckhps => {
-                let h = if matches!(m, Punpckhdq | Unpckhps) {
-                    2
-                } else {
-                    0
-                };
-                let (x, y) = (d4(a), d4(b));
-                from_d(std::array::from_fn(|i| {
-                    if i % 2 == 0 {
-                        x[h + i / 2]
-                    } else {
-                        y[h + i / 2]
-                    }
-                }))
-            }
-            Punpcklqdq | Unpcklpd => from_q([q2(a)[0], q2(b)[0]]),
-            Punpckhqdq | Unpckhpd => from_q([q2(a)[1], q2(b)[1]]),
-            Packsswb | Packuswb => {
-                let (x, y) = (w8(a), w8(b));
-                from_b(std::array::from_fn(|i| {
-                    let v = if i < 8 { x[i] } else { y[i - 8] } as i16 as i32;
-                    if m == Packsswb {
-                        sat_i8(v)
-                    } else {
-                        sat_u8(v)
-                    }
-                }))
-            }
-            Packssdw => {
-                let (x, y) = (d4(a), d4(b));
-                from_w(std::array::from_fn(|i| {
-                    sat_i16(if i < 4 { x[i] } else { y[i - 4] } as i32)
-                }))
-            }
-            Pshufd => {
-                let s = d4(b);
-                let imm = ins.immediate(2) as usize;
-                from_d(std::array::from_fn(|i| s[(imm >> (2 * i)) & 3]))
-            }
-            Pshuflw | Pshufhw => {
-                let s = w8(b);
-                let imm = ins.immediate(2) as usize;
-                let h = if m == Pshufhw { 4 } else { 0 };
-                from_w(std::array::from_fn(|i| {
-                    if i / 4 == h / 4 {
-                        s[h + ((imm >> (2 * (i - h))) & 3)]
-                    } else {
-                        s[i]
-                    }
-                }))
-            }
-            Shufps => {
-                let (x, y) = (d4(a), d4(b));
-                let imm = ins.immediate(2) as usize;
-                from_d([
-                    x[imm & 3],
-                    x[(imm >> 2) & 3],
-                    y[(imm >> 4) & 3],
-                    y[(imm >> 6) & 3],
-                ])
-            }
-            Shufpd => {
-                let (x, y) = (q2(a), q2(b));
-                let imm = ins.immediate(2) as usize;
-                from_q([x[imm & 1], y[(imm >> 1) & 1]])
-            }
-            Addsd | Subsd | Mulsd | Divsd | Minsd | Maxsd | Sqrtsd => {
-                let (x, y) = (f64::from_bits(a as u64), f64::from_bits(b as u64));
-                let r = match m {
-                    Addsd => arith64(Arith::Add, x, y, rcm),
-                    Subsd => arith64(Arith::Sub, x, y, rcm),
-                    Mulsd => arith64(Arith::Mul, x, y, rcm),
-                    Divsd => arith64(Arith::Div, x, y, rcm),
-                    Minsd => minf(x, y),
-                    Maxsd => maxf(x, y),
-                    _ => rounding::sqrt_64(y, rcm),
-                };
-                (a & !(u64::MAX as u128)) | r.to_bits() as u128
-            }
-            Addss | Subss | Mulss | Divss | Minss | Maxss | Sqrtss => {
-                let (x, y) = (f32::from_bits(a as u32), f32::from_bits(b as u32));
-                let r = match m {
-                    Addss => arith32(Arith::Add, x, y, rcm),
-                    Subss => arith32(Arith::Sub, x, y, rcm),
-                    Mulss => arith32(Arith::Mul, x, y, rcm),
-                    Divss => arith32(Arith::Div, x, y, rcm),
-                    Minss => minf(x, y),
-                    Maxss => maxf(x, y),
-                    _ => rounding::sqrt_32(y, rcm),
-                };
-                (a & !0xffff_ffffu128) | r.to_bits() as u128
-            }
-            Addpd | Subpd | Mulpd | Divpd | Minpd | Maxpd | Sqrtpd => {
-                let (x, y) = (f64s(a), f64s(b));
-                from_f64(std::array::from_fn(|i| match m {
-                    Addpd => arith64(Arith::Add, x[i], y[i], rcm),
-                    Subpd => arith64(Arith::Sub, x[i], y[i], rcm),
-                    Mulpd => arith64(Arith::Mul, x[i], y[i], rcm),
-                    Divpd => arith64(Arith::Div, x[i], y[i], rcm),
-                    Minpd => minf(x[i], y[i]),
-                    Maxpd => maxf(x[i], y[i]),
-                    _ => rounding::sqrt_64(y[i], rcm),
-                }))
-            }
-            Addps | Subps | Mulps | Divps | Minps | Maxps | Sqrtps => {
-                let (x, y) = (f32s(a), f32s(b));
-                from_f32(std::array::from_fn(|i| match m {
-                    Addps => arith32(Arith::Add, x[i], y[i], rcm),
-                    Subps => arith32(Arith::Sub, x[i], y[i], rcm),
-                    Mulps => arith32(Arith::Mul, x[i], y[i], rcm),
-                    Divps => arith32(Arith::Div, x[i], y[i], rcm),
-                    Minps => minf(x[i], y[i]),
-                    Maxps => maxf(x[i], y[i]),
-                    _ => rounding::sqrt_32(y[i], rcm),
-                }))
-            }
+        match m {
             Comisd | Ucomisd | Comiss | Ucomiss => {
-                let ord = if matches!(m, Comisd | Ucomisd) {
-                    f64::from_bits(a as u64).partial_cmp(&f64::from_bits(b as u64))
-                } else {
-                    f32::from_bits(a as u32).partial_cmp(&f32::from_bits(b as u32))
-                };
-                let f = match ord {
-                    None => ZF | PF | CF,
-                    Some(std::cmp::Ordering::Less) => CF,
-                    Some(std::cmp::Ordering::Equal) => ZF,
-                    Some(std::cmp::Ordering::Greater) => 0,
-                };
-                self.flags.set_arith(f);
-                return Ok(None);
-            }
-            Cmpsd | Cmpss | Cmppd | Cmpps => {
-                let p = ins.immediate(2) as u8;
-                match m {
-                    Cmpsd => {
-                        let t = cmp_pred(f64::from_bits(a as u64), f64::from_bits(b as u64), p);
-                        (a & !(u64::MAX as u128)) | if t { u64::MAX as u128 } else { 0 }
-                    }
-                    Cmpss => {
-                        let t = cmp_pred(f32::from_bits(a as u32), f32::from_bits(b as u32), p);
-                        (a & !0xffff_ffffu128) | if t { 0xffff_ffff } else { 0 }
-                    }
-                    Cmppd => {
-                        let (x, y) = (f64s(a), f64s(b));
-                        from_q(std::array::from_fn(|i| {
-                            if cmp_pred(x[i], y[i], p) {
-                                u64::MAX
-                            } else {
-                                0
-                            }
-                        }))
-                    }
-                    _ => {
-                        let (x, y) = (f32s(a), f32s(b));
-                        from_d(std::array::from_fn(|i| {
-                            if cmp_pred(x[i], y[i], p) {
-                                u32::MAX
-                            } else {
-                                0
-                            }
-                        }))
-                    }
-                }
-            }
-            Cvtsi2sd | Cvtsi2ss => {
-                let size = self.op_size(ins, 1);
-                let v = b as u64;
-                let iv = if size == 8 {
-                    v as i64
-                } else {
-                    v as u32 as i32 as i64
-                };
-                if m == Cvtsi2sd {
-                    (a & !(u64::MAX as u128)) | rounding::i64_to_f64(iv, rcm).to_bits() as u128
-                } else {
-                    (a & !0xffff_ffffu128) | rounding::i64_to_f32(iv, rcm).to_bits() as u128
-                }
+                self.flags.set_arith(comi_flags(m, a, b));
+                return Ok(());
             }
             Cvttsd2si | Cvtsd2si | Cvttss2si | Cvtss2si => {
                 let d = ins.op0_register();
-                let bits = (d.size() * 8) as u32;
-                let v = if matches!(m, Cvttsd2si | Cvtsd2si) {
-                    f64::from_bits(b as u64)
-                } else {
-                    f32::from_bits(b as u32) as f64
-                };
-                let r = f2i(v, bits, rc, matches!(m, Cvttsd2si | Cvttss2si));
+                let r = cvt_to_int(m, b, (d.size() * 8) as u32, rc);
                 self.reg_write(d, r);
-                return Ok(None);
+                return Ok(());
             }
-            Cvtsd2ss => {
-                let v = rounding::f64_to_f32(f64::from_bits(b as u64), rcm);
-                (a & !0xffff_ffffu128) | v.to_bits() as u128
-            }
-            Cvtss2sd => {
-                (a & !(u64::MAX as u128)) | (f32::from_bits(b as u32) as f64).to_bits() as u128
-            }
-            Cvtdq2pd => {
-                let s = d4(b);
-                from_f64([s[0] as i32 as f64, s[1] as i32 as f64])
-            }
-            Cvtdq2ps => from_f32(d4(b).map(|x| rounding::i64_to_f32(x as i32 as i64, rcm))),
-            Cvttps2dq | Cvtps2dq => {
-                let t = m == Cvttps2dq;
-                from_d(f32s(b).map(|x| f2i(x as f64, 32, rc, t) as u32))
-            }
-            Cvttpd2dq | Cvtpd2dq => {
-                let t = m == Cvttpd2dq;
-                let s = f64s(b);
-                from_d([
-                    f2i(s[0], 32, rc, t) as u32,
-                    f2i(s[1], 32, rc, t) as u32,
-                    0,
-                    0,
-                ])
-            }
-            Cvtps2pd => {
-                let s = f32s(b);
-                from_f64([s[0] as f64, s[1] as f64])
-            }
-            Cvtpd2ps => {
-                let s = f64s(b);
-                let n = |x: f64| rounding::f64_to_f32(x, rcm);
-                from_f32([n(s[0]), n(s[1]), 0.0, 0.0])
-            }
-            Roundps | Roundpd | Roundss | Roundsd => {
-                let (r, raised) = float::round(m, a, b, ins.immediate8(), rc);
-                self.fpu.mxcsr |= raised;
-                r
-            }
-            _ => {
-                let imm = ins.immediate8();
-                let x0 = self.fpu.xmm[0];
-                let src_mem = ins.op1_kind() == OpKind::Memory;
-                match int::compute(m, a, b, imm, x0)
-                    .or_else(|| float::compute(m, a, b, imm, x0, src_mem, rcm))
-                    .or_else(|| crypto::compute(m, a, b, imm))
-                {
-                    Some(r) => r,
-                    None => return Err(self.unimplemented(ins)),
-                }
-            }
+            _ => {}
+        }
+        let b = match m {
+            Cvtsi2sd | Cvtsi2ss => sign_extend(b, self.op_size(ins, 1)),
+            _ => b,
         };
-        Ok(Some(r))
+        let src_mem = ins.op1_kind() == OpKind::Memory;
+        let mut env = compute::Env::new(self.fpu.mxcsr, self.fpu.xmm[0], src_mem, false);
+        let Some(r) = compute::lane(m, a, b, ins.immediate8(), &mut env) else {
+            return Err(self.unimplemented(ins));
+        };
+        self.fpu.mxcsr |= env.raised;
+        self.xdst(io, ins, r)
     }
 
     /// PCMPESTRI/PCMPESTRM/PCMPISTRI/PCMPISTRM: lengths from EAX/EDX (RAX/RDX for the
     /// REX.W forms) or the first NUL element; the index goes to ECX, the mask to XMM0.
-    fn pcmpstr(&mut self, io: &mut dyn Platform, ins: &Instruction) -> R<()> {
+    fn pcmpstr(&mut self, io: &mut dyn Platform, ins: &Instruction, m: M) -> R<()> {
         use M::*;
-        let m = ins.mnemonic();
         let a = self.xreg0(ins);
         let b = self.xsrc(io, ins, 1)?;
         let mode = string::Mode::new(ins.immediate8());
@@ -970,6 +623,40 @@ impl Cpu {
         }
         self.flags.set_arith(out.flags);
         Ok(())
+    }
+}
+
+/// COMISS/UCOMISS/COMISD/UCOMISD: ZF, PF, CF from comparing the low elements.
+fn comi_flags(m: M, a: u128, b: u128) -> u64 {
+    let ord = if matches!(m, M::Comisd | M::Ucomisd) {
+        f64::from_bits(a as u64).partial_cmp(&f64::from_bits(b as u64))
+    } else {
+        f32::from_bits(a as u32).partial_cmp(&f32::from_bits(b as u32))
+    };
+    match ord {
+        None => ZF | PF | CF,
+        Some(std::cmp::Ordering::Less) => CF,
+        Some(std::cmp::Ordering::Equal) => ZF,
+        Some(std::cmp::Ordering::Greater) => 0,
+    }
+}
+
+/// CVT(T)SS2SI / CVT(T)SD2SI of the low element of `b` to a `bits`-bit integer.
+fn cvt_to_int(m: M, b: u128, bits: u32, rc: u32) -> u64 {
+    let v = if matches!(m, M::Cvttsd2si | M::Cvtsd2si) {
+        f64::from_bits(b as u64)
+    } else {
+        f32::from_bits(b as u32) as f64
+    };
+    f2i(v, bits, rc, matches!(m, M::Cvttsd2si | M::Cvttss2si))
+}
+
+/// The low `size` bytes of `v` sign-extended to 64 bits (as a lane value).
+pub(super) fn sign_extend(v: u128, size: usize) -> u128 {
+    if size == 8 {
+        v as u64 as u128
+    } else {
+        v as u32 as i32 as i64 as u64 as u128
     }
 }
 

@@ -44,7 +44,7 @@ macro_rules! adjust {
     ($name:ident, $t:ty) => {
         /// Moves round-to-nearest result `r` to the neighbour `rc` asks for, given how the
         /// exact result compares with `r`.
-        fn $name(r: $t, exact: Ordering, rc: Rc) -> $t {
+        pub(super) fn $name(r: $t, exact: Ordering, rc: Rc) -> $t {
             match (rc, exact) {
                 (Rc::Down, Less) => r.next_down(),
                 (Rc::Up, Greater) => r.next_up(),
@@ -59,7 +59,7 @@ adjust!(adjust64, f64);
 adjust!(adjust32, f32);
 
 /// Ordering of a finite exact value against an overflowed (infinite) result.
-fn beyond(r: f64) -> Ordering {
+pub(super) fn beyond(r: f64) -> Ordering {
     if r > 0.0 {
         Less
     } else {
@@ -67,12 +67,12 @@ fn beyond(r: f64) -> Ordering {
     }
 }
 
-fn sign_of(e: f64) -> Ordering {
+pub(super) fn sign_of(e: f64) -> Ordering {
     e.partial_cmp(&0.0).unwrap_or(Equal)
 }
 
 /// `x * 2^k`, exact when the result is a normal number or `x` is scaled up.
-fn scale(mut x: f64, mut k: i32) -> f64 {
+pub(super) fn scale(mut x: f64, mut k: i32) -> f64 {
     let pow = |k: i32| f64::from_bits(((k + 1023) as u64) << 52);
     while k > 1000 {
         x *= pow(1000);
@@ -86,7 +86,7 @@ fn scale(mut x: f64, mut k: i32) -> f64 {
 }
 
 /// `x` (finite, nonzero) as `m * 2^e` with `|m|` in [1, 2).
-fn split(x: f64) -> (f64, i32) {
+pub(super) fn split(x: f64) -> (f64, i32) {
     let (x, bias) = if x.to_bits() & 0x7ff0_0000_0000_0000 == 0 {
         (x * f64::from_bits((1023 + 64) << 52), 64)
     } else {

@@ -210,7 +210,7 @@ impl Cpu {
         self.fxrstor_image(&img, wide)
     }
 
-    fn fxsave_image(&self, wide: bool) -> [u8; 512] {
+    pub(crate) fn fxsave_image(&self, wide: bool) -> [u8; 512] {
         let f = &self.fpu;
         let mut b = [0u8; 512];
         b[0..2].copy_from_slice(&f.fcw.to_le_bytes());

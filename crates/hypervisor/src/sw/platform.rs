@@ -100,6 +100,12 @@ impl emu::Platform for SwPlatform<'_> {
         self.chip.set_apic_base(self.cpu, value)
     }
 
+    fn pause(&mut self) {
+        // Give the host CPU to another thread (another vCPU this one waits for, when
+        // there are more vCPUs than host CPUs), like pause-loop exiting on hardware.
+        std::thread::yield_now();
+    }
+
     fn tsc_deadline_written(&mut self, deadline: u64) {
         self.chip.set_tsc_deadline(self.cpu, deadline);
     }
