@@ -357,6 +357,7 @@ impl Cpu {
             let kind = if single { Kind::Generic } else { st.kind };
             if let Err(f) = self.exec_kind(io, ins, kind, &st.ops) {
                 self.icount += done;
+                let f = self.stack_segment_fault(ins, f);
                 self.handle_fault(io, f);
                 self.block_end = false;
                 return self.finish_block(block, key, false);
@@ -377,6 +378,28 @@ impl Cpu {
             self.cache.put_back(key, block);
         }
         completed
+    }
+
+    /// A non-canonical address reached through SS (an RSP/RBP-based operand, or the stack
+    /// itself) raises #SS(0), not #GP(0). The page walk cannot tell which segment an
+    /// address came from, so the fault is reclassified here, off the fast path.
+    fn stack_segment_fault(&self, ins: &iced_x86::Instruction, f: Fault) -> Fault {
+        let canonical = |a: u64| {
+            let top = (a as i64) >> 47;
+            top == 0 || top == -1
+        };
+        if f != crate::exceptions::gp0() || !self.long64() {
+            return f;
+        }
+        let via_ss = (0..ins.op_count()).any(|i| ins.op_kind(i) == iced_x86::OpKind::Memory)
+            && ins.memory_segment() == Register::SS
+            && !canonical(self.ea(ins));
+        let stack = ins.stack_pointer_increment() != 0 && !canonical(self.gpr[4]);
+        if via_ss || stack {
+            crate::exceptions::ss(0)
+        } else {
+            f
+        }
     }
 
     /// Delivers an exception raised by an instruction (RIP still points at it). When the

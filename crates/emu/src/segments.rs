@@ -104,7 +104,10 @@ impl Cpu {
             return Ok(());
         }
         if sel & 0xfffc == 0 {
-            if idx == CS || (idx == SS && !(self.long64() && self.cpl != 3)) {
+            // A null SS is allowed only in 64-bit mode below CPL 3, with RPL = CPL.
+            if idx == CS
+                || (idx == SS && !(self.long64() && self.cpl != 3 && (sel & 3) as u8 == self.cpl))
+            {
                 return Err(gp0());
             }
             // The base is cleared for FS and GS too, as current AMD and Intel CPUs do
