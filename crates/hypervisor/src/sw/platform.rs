@@ -103,7 +103,11 @@ impl emu::Platform for SwPlatform<'_> {
     fn pause(&mut self) {
         // Give the host CPU to another thread (another vCPU this one waits for, when
         // there are more vCPUs than host CPUs), like pause-loop exiting on hardware.
+        // A spinning guest often waits for time itself (`mdelay`, Linux's timer check at
+        // boot): the yield may take long on a busy host, so due timers fire here rather
+        // than only between slices.
         std::thread::yield_now();
+        self.chip.poll_timers(self.cpu);
     }
 
     fn tsc_deadline_written(&mut self, deadline: u64) {
