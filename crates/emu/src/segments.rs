@@ -90,6 +90,10 @@ impl Cpu {
         if long {
             let hi = self.read_lin(io, a.wrapping_add(8), 8, false)?;
             s.base |= (hi & 0xffff_ffff) << 32;
+            // A 64-bit LDT or TSS base must be canonical.
+            if !matches!((s.base as i64) >> 47, 0 | -1) {
+                return Err(gp((sel & 0xfffc) as u32));
+            }
         }
         Ok(s)
     }
