@@ -273,6 +273,17 @@ impl Cpu {
         Ok(self.make_entry(page, leaf_phys, perms, span_bits, global))
     }
 
+    /// An implicit supervisor-mode read (GDT/LDT, IDT, TSS): SMAP applies to it even at
+    /// CPL < 3 with EFLAGS.AC set, which only lifts SMAP for explicit accesses.
+    pub(crate) fn read_sys(&mut self, io: &mut dyn Platform, lin: u64, size: usize) -> R<u64> {
+        let ac = self.flags.bits & crate::flags::AC;
+        // AC is kept in `bits` (never lazily computed); hide it for this access only.
+        self.flags.bits &= !ac;
+        let r = self.read_lin(io, lin, size, false);
+        self.flags.bits |= ac;
+        r
+    }
+
     /// Whether explicit supervisor data accesses ignore SMAP now (CPL < 3, EFLAGS.AC).
     #[inline(always)]
     pub(crate) fn smap_override(&self) -> bool {

@@ -589,3 +589,40 @@ fn descriptor_table_bases_must_be_canonical() {
     );
     assert_eq!(r.gp(), vec![TSS_SEL as u32]);
 }
+
+#[test]
+fn smap_applies_to_implicit_supervisor_accesses_even_with_ac() {
+    // An LDT on the (user) test page holds a data descriptor; loading DS from it reads
+    // the LDT implicitly. (The GDT stays on a supervisor page so #PF can be delivered.)
+    const LDT_SEL: u16 = 0x48;
+    let ldt_on_user_page = |smap: bool| {
+        move |r: &mut CpuRegs, m: &GuestMemoryMmap| {
+            w64(m, FRAME, 0);
+            w64(m, FRAME + 8, 0x00cf_9200_0000_ffff);
+            w64(
+                m,
+                GDT + 9 * 8,
+                0xff | ((PAGE & 0xff_ffff) << 16) | (0x82 << 40),
+            );
+            w64(m, GDT + 10 * 8, 0);
+            r.gdt.limit = 11 * 8 - 1;
+            if smap {
+                r.cr4 |= CR4_SMAP;
+            }
+        }
+    };
+    let load_ds = |a: &mut CodeAssembler| {
+        a.mov(eax, LDT_SEL as u32).unwrap();
+        a.lldt(ax).unwrap();
+        a.stac().unwrap();
+        a.mov(eax, 0x0c).unwrap(); // LDT entry 1
+        a.mov(ds, ax).unwrap();
+        a.out(MARK, eax).unwrap();
+    };
+    let r = run(FRAME | P | W | U, ldt_on_user_page(true), load_ds);
+    assert_eq!(r.pf(), vec![1], "implicit supervisor read of a user page");
+    assert!(r.marks().is_empty());
+    let r = run(FRAME | P | W | U, ldt_on_user_page(false), load_ds);
+    assert!(r.pf().is_empty());
+    assert_eq!(r.marks().len(), 1);
+}
