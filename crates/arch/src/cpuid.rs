@@ -198,7 +198,7 @@ pub const FEATURES: &[Feature] = &[
     feat("pku", "pku", 7, C, 3),
     feat("la57", "la57", 7, C, 16),
     feat("rdpid", "rdpid", 7, C, 22),
-    feat("pks", "pks", 7, C, 31),
+    feat("pks", "", 7, C, 31), // Linux does not show it in /proc/cpuinfo
     feat("lahf-lm", "lahf_lm", 0x8000_0001, C, 0),
     feat("svm", "svm", 0x8000_0001, C, 2),
     feat("abm", "abm", 0x8000_0001, C, 5),

@@ -75,6 +75,10 @@ pub struct Cpu {
     /// The VEX instruction sets `cpuid` offers (looked up once per table, not per
     /// instruction).
     pub(crate) vex_offer: crate::sse::VexOffer,
+    /// The paging/protection features that table offers.
+    pub(crate) feat: crate::protect::Features,
+    /// PKRU and IA32_PKRS.
+    pub(crate) keys: crate::protect::Keys,
     pub(crate) fpu: FpuState,
     pub(crate) halted: bool,
     /// Interrupts are inhibited until after the next instruction (STI, MOV SS, POP SS).
@@ -125,6 +129,8 @@ impl Cpu {
             dbg: Default::default(),
             cpuid: crate::cpuid::supported().into(),
             vex_offer: crate::sse::VexOffer::of(&crate::cpuid::supported()),
+            feat: crate::protect::Features::from_cpuid(&crate::cpuid::supported()),
+            keys: crate::protect::Keys::default(),
             fpu: FpuState::default(),
             halted: false,
             shadow: false,
@@ -169,6 +175,7 @@ impl Cpu {
     /// policy (APIC ID, topology, feature edits).
     pub fn set_cpuid(&mut self, table: Vec<crate::cpuid::CpuidLeaf>) {
         self.vex_offer = crate::sse::VexOffer::of(&table);
+        self.feat = crate::protect::Features::from_cpuid(&table);
         self.cpuid = table.into();
     }
 

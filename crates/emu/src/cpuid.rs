@@ -1,13 +1,14 @@
 //! CPUID: what the software engine implements — an x86-64-v3 CPU: FPU, TSC, MSR, PAE,
 //! PSE, CX8, APIC, MTRR, PGE, CMOV, PAT, CLFLUSH, MMX, FXSR, SSE, SSE2; SSE3,
-//! PCLMULQDQ, SSSE3, CX16, SSE4.1, SSE4.2, MOVBE, POPCNT, AES, FMA, XSAVE, AVX, F16C
-//! (leaf 1); BMI1, AVX2, BMI2 (leaf 7); XSAVE state components x87, SSE and AVX with
-//! XSAVEOPT (leaf 0xD subleaves 0-2, standard format only); SYSCALL, NX, 1G pages,
+//! PCLMULQDQ, SSSE3, CX16, PCID, SSE4.1, SSE4.2, MOVBE, POPCNT, AES, FMA, XSAVE, AVX,
+//! F16C (leaf 1); BMI1, AVX2, SMEP, BMI2, INVPCID, SMAP, UMIP, PKU, PKS (leaf 7; the
+//! paging features are in `protect.rs`, OSPKE follows CR4.PKE); XSAVE state components
+//! x87, SSE and AVX with XSAVEOPT (leaf 0xD subleaves 0-2, standard format only); SYSCALL, NX, 1G pages,
 //! RDTSCP, LM, LAHF, ABM/LZCNT (leaf 0x8000_0001); invariant TSC; hypervisor bit; the
 //! x2APIC and TSC-deadline MSRs, which the local APIC behind `Platform` backs or
 //! refuses. Leaf 1 ECX bit 27 (OSXSAVE) and leaf 0xD subleaf 0 EBX are left to the
 //! CPUID instruction, which computes them from CR4 and XCR0 (`Cpu::cpuid_dynamic`). Not
-//! offered: MONITOR/MWAIT, XSAVEC/XSAVES, SMEP/SMAP. With AVX, AVX2, BMI1/2, F16C, FMA,
+//! offered: MONITOR/MWAIT, XSAVEC/XSAVES. With AVX, AVX2, BMI1/2, F16C, FMA,
 //! LZCNT, MOVBE and XSAVE this is x86-64-v3. Leaf 0x4000_0000 carries the
 //! "wirtwirtwirt" signature.
 //!
@@ -107,6 +108,7 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
                 | (1 << 9) // SSSE3
                 | (1 << 12) // FMA
                 | (1 << 13) // CX16
+                | (1 << 17) // PCID
                 | (1 << 19) // SSE4.1
                 | (1 << 20) // SSE4.2
                 | (1 << 21) // x2APIC
@@ -137,9 +139,11 @@ fn base(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
             (eax, ebx, ecx, edx)
         }
         7 if sub == 0 => {
-            // Max subleaf 0; EBX: BMI1, AVX2, BMI2.
-            let ebx = (1 << 3) | (1 << 5) | (1 << 8);
-            (0, ebx, 0, 0)
+            // Max subleaf 0. EBX: BMI1, AVX2, SMEP, BMI2, INVPCID, SMAP; ECX: UMIP, PKU,
+            // PKS. OSPKE (ECX bit 4) follows CR4.PKE where CPUID executes.
+            let ebx = (1 << 3) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 20);
+            let ecx = (1 << 2) | (1 << 3) | (1 << 31);
+            (0, ebx, ecx, 0)
         }
         0xd => crate::xsave::cpuid_leaf(sub),
         0x4000_0000 => {
@@ -207,6 +211,16 @@ mod tests {
             sig.extend_from_slice(&r.to_le_bytes());
         }
         assert_eq!(&sig, b"wirtwirtwirt");
+        let (_, b7, c7, _) = lookup(&t, 7, 0);
+        for bit in [7, 10, 20] {
+            assert_ne!(
+                b7 & (1 << bit),
+                0,
+                "leaf 7 EBX bit {bit} (SMEP, INVPCID, SMAP)"
+            );
+        }
+        assert_eq!(c7, (1 << 2) | (1 << 3) | (1 << 31), "UMIP, PKU, PKS");
+        assert_ne!(ecx & (1 << 17), 0, "PCID");
     }
 
     #[test]
@@ -238,10 +252,11 @@ mod tests {
         assert_eq!(max_sub, 0);
         assert_eq!(
             ebx,
-            (1 << 3) | (1 << 5) | (1 << 8),
-            "BMI1, AVX2 and BMI2 only (no SMEP, ...)"
+            (1 << 3) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 20),
+            "BMI1, AVX2, SMEP, BMI2, INVPCID, SMAP only"
         );
-        assert_eq!((ecx, edx), (0, 0));
+        assert_eq!(ecx, (1 << 2) | (1 << 3) | (1 << 31), "UMIP, PKU, PKS");
+        assert_eq!(edx, 0);
         assert_eq!(base(7, 1), (0, 0, 0, 0), "no leaf-7 subleaf 1");
     }
 

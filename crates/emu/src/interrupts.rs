@@ -124,9 +124,9 @@ impl Cpu {
             return Err(gp(gate_err));
         }
         let ga = self.idtr.base.wrapping_add(vector as u64 * gsize);
-        let lo = self.read_lin(io, ga, 8, false)?;
+        let lo = self.read_sys(io, ga, 8)?;
         let hi = if long {
-            self.read_lin(io, ga.wrapping_add(8), 8, false)?
+            self.read_sys(io, ga.wrapping_add(8), 8)?
         } else {
             0
         };
@@ -180,19 +180,9 @@ impl Cpu {
         if long {
             let ist = (lo >> 32) & 7;
             let mut rsp = if ist != 0 {
-                self.read_lin(
-                    io,
-                    self.tr.base.wrapping_add(0x24 + (ist - 1) * 8),
-                    8,
-                    false,
-                )?
+                self.read_sys(io, self.tr.base.wrapping_add(0x24 + (ist - 1) * 8), 8)?
             } else if new_cpl < self.cpl {
-                self.read_lin(
-                    io,
-                    self.tr.base.wrapping_add(4 + new_cpl as u64 * 8),
-                    8,
-                    false,
-                )?
+                self.read_sys(io, self.tr.base.wrapping_add(4 + new_cpl as u64 * 8), 8)?
             } else {
                 old_rsp
             };
@@ -223,18 +213,10 @@ impl Cpu {
                 if self.tr.type_ & 8 == 0 {
                     return Err(ts((self.tr.selector & 0xfffc) as u32));
                 }
-                let esp = self.read_lin(
-                    io,
-                    self.tr.base.wrapping_add(4 + new_cpl as u64 * 8),
-                    4,
-                    false,
-                )?;
-                let ssel = self.read_lin(
-                    io,
-                    self.tr.base.wrapping_add(8 + new_cpl as u64 * 8),
-                    2,
-                    false,
-                )? as u16;
+                let esp =
+                    self.read_sys(io, self.tr.base.wrapping_add(4 + new_cpl as u64 * 8), 4)?;
+                let ssel =
+                    self.read_sys(io, self.tr.base.wrapping_add(8 + new_cpl as u64 * 8), 2)? as u16;
                 if ssel & 0xfffc == 0 {
                     return Err(ts(ext));
                 }

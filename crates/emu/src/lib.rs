@@ -17,8 +17,9 @@
 //!   specialised fast paths (`exec/fast.rs`); a shift whose flags the next instruction
 //!   overwrites skips computing them. REP MOVS/STOS copy page-sized chunks at once.
 //! - **Port I/O** (`exec/io.rs`) checks IOPL and then the TSS I/O permission bitmap.
-//! - **MMU** (`mmu.rs`, `tlb.rs`): 32-bit, PAE and 4-level page walks with A/D bits, NX,
-//!   U/S, R/W+WP, global and large pages; a direct-mapped software TLB holds host pointers
+//! - **MMU** (`mmu.rs`, `tlb.rs`, `protect.rs`): 32-bit, PAE and 4-level page walks with
+//!   A/D bits, reserved-bit faults, NX, U/S, R/W+WP, SMEP, SMAP, protection keys (PKU,
+//!   PKS), global, large and 1 GiB pages, PCID/INVPCID (flushing conservatively); a direct-mapped software TLB holds host pointers
 //!   so most accesses are a probe plus a host load/store. Every guest-physical access is
 //!   bounds-checked against the RAM regions; the rest goes to `Platform::mmio_*`.
 //! - **Exceptions/interrupts** (`exceptions.rs`, `interrupts.rs`): faults are `Err` values
@@ -58,6 +59,7 @@ mod memory;
 mod mmu;
 mod msr;
 mod platform;
+mod protect;
 mod segments;
 mod sse;
 mod state;

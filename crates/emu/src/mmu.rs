@@ -1,5 +1,6 @@
-//! Linear-to-physical translation (page walks for 32-bit, PAE and 4-level paging) and the
-//! data accesses every instruction makes through it.
+//! Linear-to-physical translation (page walks for 32-bit, PAE and 4-level paging, with
+//! reserved-bit checks, SMEP, SMAP and protection keys) and the data accesses every
+//! instruction makes through it.
 //!
 //! Fast path: one TLB probe and a host load/store when the access stays on one page of RAM.
 //! Slow paths: page walks (setting accessed/dirty bits atomically, raising #PF with the
@@ -11,6 +12,7 @@ use crate::cpu::{Cpu, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE};
 use crate::exceptions::{gp0, pfec, Fault, PF, R};
 use crate::memory::{self, PAGE_SIZE};
 use crate::platform::Platform;
+use crate::protect::{pte_key, KeyRights, CR4_PKE, CR4_PKS, CR4_SMAP, CR4_SMEP, PFEC_PK};
 use crate::tlb::*;
 
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -23,12 +25,33 @@ const PTE_PS: u64 = 1 << 7;
 const PTE_G: u64 = 1 << 8;
 const PTE_NX: u64 = 1 << 63;
 
+/// The attributes of a translation combined over all levels of its walk.
+#[derive(Clone, Copy, Debug)]
+struct Leaf {
+    writable: bool,
+    user: bool,
+    nx: bool,
+    /// Protection key of the leaf entry (0 outside 4-level paging).
+    key: u32,
+}
+
 impl Cpu {
     /// Translates `lin` for `acc`, from the TLB or by walking the page tables.
     #[inline(always)]
     pub(crate) fn translate(&mut self, lin: u64, acc: Access, user: bool) -> R<TlbEntry> {
         if let Some(e) = self.tlb.lookup(lin, acc.required(user)) {
             return Ok(*e);
+        }
+        self.translate_miss(lin, acc, user)
+    }
+
+    /// A TLB miss for the plain permission bit: try the SMAP-override bit, then walk.
+    #[inline(never)]
+    fn translate_miss(&mut self, lin: u64, acc: Access, user: bool) -> R<TlbEntry> {
+        if !user && self.smap_override() {
+            if let Some(e) = self.tlb.lookup(lin, acc.required_ac()) {
+                return Ok(*e);
+            }
         }
         self.walk(lin, acc, user)
     }
@@ -59,22 +82,32 @@ impl Cpu {
     }
 
     /// The full page walk; fills the TLB on success.
+    ///
+    /// Faults as hardware does: a not-present entry gives P=0; a reserved bit (physical
+    /// address bits at or above MAXPHYADDR, NX without EFER.NXE, PS in a PML4E, PS in a
+    /// PDPTE without 1 GiB pages, the low address bits of a large page) gives P|RSVD;
+    /// otherwise the combined U/S, R/W, NX bits with CR0.WP, SMEP, SMAP and protection
+    /// keys decide. Accessed bits are set in the non-leaf entries walked through; the
+    /// leaf's accessed and dirty bits only when the access succeeds.
     pub(crate) fn walk(&mut self, lin: u64, acc: Access, user: bool) -> R<TlbEntry> {
         let page = lin & !0xfff;
         if self.cr0 & CR0_PG == 0 {
             let phys = page & 0xffff_ffff_ffff_f000;
-            let e = self.make_entry(page, phys, !P_GLOBAL, 12);
+            let e = self.make_entry(page, phys, 0xff, 12, false);
             return Ok(e);
         }
         let long = self.efer & EFER_LMA != 0;
         let pae = self.cr4 & CR4_PAE != 0;
         let nxe = self.efer & EFER_NXE != 0;
+        let smep = self.cr4 & CR4_SMEP != 0;
         if long {
             let top = (lin as i64) >> 47;
             if top != 0 && top != -1 {
                 return Err(gp0());
             }
         }
+        // (table address, index shift) per level; entries 8 bytes unless legacy 32-bit.
+        let wide = pae || long;
         let mut code = 0u32;
         if acc == Access::Write {
             code |= pfec::W;
@@ -82,15 +115,26 @@ impl Cpu {
         if user {
             code |= pfec::U;
         }
-        if acc == Access::Exec && nxe {
+        if acc == Access::Exec && (wide && nxe || smep) {
             code |= pfec::I;
         }
+        // Reserved at every level of PAE and 4-level paging.
+        let rsvd = if wide {
+            let mut m = self.feat.phys_reserved();
+            if !nxe {
+                m |= PTE_NX;
+            }
+            if !long {
+                // PAE entries have no software-available or key bits up there.
+                m |= 0x7ff0_0000_0000_0000;
+            }
+            m
+        } else {
+            0
+        };
         let mut writable = true;
         let mut usr = true;
         let mut nx = false;
-        let global;
-        // (table address, index shift) per level; entries 8 bytes unless legacy 32-bit.
-        let wide = pae || long;
         let mut table;
         let mut levels: u32;
         if long {
@@ -104,15 +148,20 @@ impl Cpu {
             if pdpte & PTE_P == 0 {
                 return Err(self.page_fault(lin, code));
             }
+            // PAE PDPTEs: bits 2:1, 8:5 and 63:MAXPHYADDR are reserved.
+            let pdpte_rsvd = self.feat.phys_reserved() | 0xfff0_0000_0000_01e6;
+            if pdpte & pdpte_rsvd != 0 {
+                return Err(self.page_fault(lin, code | pfec::P | pfec::RSVD));
+            }
             table = pdpte & ADDR_MASK;
             levels = 2;
         } else {
             table = self.cr3 & 0xffff_f000;
             levels = 2;
         }
-        let leaf_phys;
+        let leaf;
         let leaf_ptr;
-        let dirty;
+        let leaf_phys;
         let span_bits;
         loop {
             let (shift, idx_mask) = if wide {
@@ -128,19 +177,30 @@ impl Cpu {
             if pte & PTE_P == 0 {
                 return Err(self.page_fault(lin, code));
             }
-            if wide && pte & PTE_NX != 0 {
-                if !nxe {
-                    return Err(self.page_fault(lin, code | pfec::P | pfec::RSVD));
+            let ps = pte & PTE_PS != 0;
+            let large =
+                levels > 1 && ps && (wide && levels <= 3 || !wide && self.cr4 & CR4_PSE != 0);
+            let mut bad = rsvd;
+            if wide && ps {
+                match levels {
+                    4 => bad |= PTE_PS,
+                    // 1 GiB page: address bits 29:13 must be zero (bit 12 is PAT).
+                    3 if self.feat.gbpages => bad |= 0x3fff_e000,
+                    3 => bad |= PTE_PS,
+                    // 2 MiB page: address bits 20:13.
+                    2 => bad |= 0x1f_e000,
+                    _ => {}
                 }
+            }
+            if pte & bad != 0 {
+                return Err(self.page_fault(lin, code | pfec::P | pfec::RSVD));
+            }
+            if wide && pte & PTE_NX != 0 {
                 nx = true;
             }
             writable &= pte & PTE_W != 0;
             usr &= pte & PTE_U != 0;
-            let large = levels > 1
-                && pte & PTE_PS != 0
-                && (wide && levels <= 3 || !wide && self.cr4 & CR4_PSE != 0);
             if levels == 1 || large {
-                global = pte & PTE_G != 0;
                 let (page_bits, base) = if levels == 1 {
                     (
                         12,
@@ -158,11 +218,8 @@ impl Cpu {
                 };
                 leaf_phys = base | (lin & ((1u64 << page_bits) - 1) & !0xfff);
                 span_bits = page_bits as u8;
+                leaf = pte;
                 leaf_ptr = ptr;
-                dirty = pte & PTE_D != 0;
-                if pte & PTE_A == 0 {
-                    Self::pte_set_bits(ptr, wide, PTE_A);
-                }
                 break;
             }
             if pte & PTE_A == 0 {
@@ -175,49 +232,143 @@ impl Cpu {
             };
             levels -= 1;
         }
-        // Permission checks.
-        let wp = self.cr0 & CR0_WP != 0;
-        let viol = match acc {
-            Access::Read => user && !usr,
-            Access::Write => !writable && (user || wp) || (user && !usr),
-            Access::Exec => nx || (user && !usr),
+        let rights = self.page_rights(Leaf {
+            writable,
+            user: usr,
+            nx,
+            key: if long { pte_key(leaf) } else { 0 },
+        });
+        let allowed = match (acc, user) {
+            (Access::Read, true) => rights & P_READ_USER != 0,
+            (Access::Write, true) => rights & P_WRITE_USER != 0,
+            (Access::Exec, u) => rights & Access::Exec.required(u) != 0,
+            (a, false) if self.smap_override() => rights & a.required_ac() != 0,
+            (a, false) => rights & a.required(false) != 0,
         };
-        if viol {
-            return Err(self.page_fault(lin, code | pfec::P));
-        }
-        let mut is_dirty = dirty;
-        if acc == Access::Write && !dirty {
-            Self::pte_set_bits(leaf_ptr, wide, PTE_D);
-            is_dirty = true;
-        }
-        let mut perms = P_READ_SUP;
-        if usr {
-            perms |= P_READ_USER;
-        }
-        if is_dirty && (writable || !wp) {
-            perms |= P_WRITE_SUP;
-        }
-        if is_dirty && writable && usr {
-            perms |= P_WRITE_USER;
-        }
-        if !nx {
-            perms |= P_EXEC_SUP;
-            if usr {
-                perms |= P_EXEC_USER;
+        if !allowed {
+            let mut c = code | pfec::P;
+            if acc != Access::Exec && self.key_denies(long, usr, user, acc, leaf) {
+                c |= PFEC_PK;
             }
+            return Err(self.page_fault(lin, c));
         }
-        if global && self.cr4 & crate::cpu::CR4_PGE != 0 {
-            perms |= P_GLOBAL;
+        let mut dirty = leaf & PTE_D != 0;
+        let mut set = 0;
+        if leaf & PTE_A == 0 {
+            set |= PTE_A;
         }
-        Ok(self.make_entry(page, leaf_phys, perms, span_bits))
+        if acc == Access::Write && !dirty {
+            set |= PTE_D;
+            dirty = true;
+        }
+        if set != 0 {
+            Self::pte_set_bits(leaf_ptr, wide, set);
+        }
+        let mut perms = rights;
+        if !dirty {
+            // The first write must come back here to set D.
+            perms &= !(P_WRITE_SUP | P_WRITE_USER | P_WRITE_SUP_AC);
+        }
+        let global = leaf & PTE_G != 0 && self.cr4 & crate::cpu::CR4_PGE != 0;
+        Ok(self.make_entry(page, leaf_phys, perms, span_bits, global))
     }
 
-    fn make_entry(&mut self, page: u64, phys: u64, perms: u8, span_bits: u8) -> TlbEntry {
+    /// An implicit supervisor-mode read (GDT/LDT, IDT, TSS): SMAP applies to it even at
+    /// CPL < 3 with EFLAGS.AC set, which only lifts SMAP for explicit accesses.
+    pub(crate) fn read_sys(&mut self, io: &mut dyn Platform, lin: u64, size: usize) -> R<u64> {
+        let ac = self.flags.bits & crate::flags::AC;
+        // AC is kept in `bits` (never lazily computed); hide it for this access only.
+        self.flags.bits &= !ac;
+        let r = self.read_lin(io, lin, size, false);
+        self.flags.bits |= ac;
+        r
+    }
+
+    /// Whether explicit supervisor data accesses ignore SMAP now (CPL < 3, EFLAGS.AC).
+    #[inline(always)]
+    pub(crate) fn smap_override(&self) -> bool {
+        self.cpl < 3 && self.flags.bits & crate::flags::AC != 0
+    }
+
+    /// The TLB permission bits of a translation with the leaf's combined attributes,
+    /// under the current CR0.WP, CR4.SMEP/SMAP/PKE/PKS, PKRU and PKRS.
+    fn page_rights(&self, l: Leaf) -> u8 {
+        let wp = self.cr0 & CR0_WP != 0;
+        let smap = self.cr4 & CR4_SMAP != 0;
+        let smep = self.cr4 & CR4_SMEP != 0;
+        let k = self.key_rights(self.efer & EFER_LMA != 0, l.user, l.key);
+        let read = !k.access_disabled;
+        let mut p = 0;
+        if l.user && read {
+            p |= P_READ_USER;
+            if l.writable && !k.write_disabled {
+                p |= P_WRITE_USER;
+            }
+        }
+        // Supervisor accesses: a user page under protection keys, or a supervisor page
+        // under PKS (user accesses to supervisor pages never get this far).
+        if read {
+            p |= P_READ_SUP_AC;
+            if !wp || l.writable && !k.write_disabled {
+                p |= P_WRITE_SUP_AC;
+            }
+        }
+        if !(smap && l.user) {
+            if p & P_READ_SUP_AC != 0 {
+                p |= P_READ_SUP;
+            }
+            if p & P_WRITE_SUP_AC != 0 {
+                p |= P_WRITE_SUP;
+            }
+        }
+        if !l.nx {
+            if l.user {
+                p |= P_EXEC_USER;
+            }
+            if !(smep && l.user) {
+                p |= P_EXEC_SUP;
+            }
+        }
+        p
+    }
+
+    /// The key rights that apply to data accesses to a page (all rights when keys are
+    /// off for it: PKE for user pages, PKS for supervisor pages, 4-level paging only).
+    fn key_rights(&self, long: bool, user_page: bool, key: u32) -> KeyRights {
+        if !long {
+            KeyRights::ALL
+        } else if user_page && self.cr4 & CR4_PKE != 0 {
+            KeyRights::of(self.keys.pkru, key)
+        } else if !user_page && self.cr4 & CR4_PKS != 0 {
+            KeyRights::of(self.keys.pkrs, key)
+        } else {
+            KeyRights::ALL
+        }
+    }
+
+    /// Whether the protection key alone denies this data access (sets PFEC.PK).
+    fn key_denies(&self, long: bool, user_page: bool, user: bool, acc: Access, pte: u64) -> bool {
+        if user && !user_page {
+            return false;
+        }
+        let k = self.key_rights(long, user_page, pte_key(pte));
+        let wp = self.cr0 & CR0_WP != 0;
+        k.access_disabled || acc == Access::Write && k.write_disabled && (user || wp)
+    }
+
+    fn make_entry(
+        &mut self,
+        page: u64,
+        phys: u64,
+        perms: u8,
+        span_bits: u8,
+        global: bool,
+    ) -> TlbEntry {
         let (host, vidx) = match self.ram.page(phys) {
             Some((h, i)) => (h, i),
             None => (std::ptr::null_mut(), usize::MAX),
         };
-        let e = TlbEntry::new(page, phys, host, vidx, perms, span_bits);
+        let e = TlbEntry::new(page, phys, host, vidx, perms, span_bits, global);
         self.tlb.insert(e);
         e
     }

@@ -20,6 +20,7 @@
 //! | STAR, LSTAR, CSTAR, SFMASK 0xc000_0081-84 | kept | kept; #GP on a non-canonical LSTAR/CSTAR |
 //! | FS/GS/KERNEL_GS base 0xc000_0100-02 | kept | kept; #GP when non-canonical |
 //! | TSC_AUX 0xc000_0103 | kept | low 32 bits kept |
+//! | PKRS 0x6e1 (when CPUID offers PKS) | kept | kept; #GP on bits 63:32; flushes the TLB |
 //! | AMD PERF_CTL0-3 0xc001_0000-03 | kept | kept; #GP on reserved bits |
 //! | AMD PERF_CTR0-3 0xc001_0004-07 | kept | low 48 bits kept (the counters do not count) |
 //! | AMD SYSCFG 0xc001_0010, HWCR 0xc001_0015, INT_PENDING_MSG 0xc001_0055 | 0 | ignored |
@@ -228,6 +229,7 @@ impl Cpu {
             FS_BASE => self.seg[FS].base,
             GS_BASE => self.seg[GS].base,
             KERNEL_GS_BASE => m.kernel_gs_base,
+            crate::protect::MSR_PKRS if self.feat.pks => u64::from(self.keys.pkrs),
             i if is_mtrr(i) => m.mtrr.get(&i).copied().unwrap_or(0),
             i if is_amd_perf(i) => m.amd_perf[(i - AMD_PERF_CTL0) as usize],
             _ => return io.rdmsr(i).ok_or_else(gp0),
@@ -293,6 +295,13 @@ impl Cpu {
                     FS_BASE => self.seg[FS].base = v,
                     GS_BASE => self.seg[GS].base = v,
                     _ => self.msr.kernel_gs_base = v,
+                }
+            }
+            crate::protect::MSR_PKRS if self.feat.pks => {
+                let v = u32::try_from(v).map_err(|_| gp0())?;
+                if v != self.keys.pkrs {
+                    self.keys.pkrs = v;
+                    self.tlb.flush_all();
                 }
             }
             MTRR_CAP | MCG_CAP | PLATFORM_ID => return Err(gp0()),

@@ -78,18 +78,22 @@ impl Cpu {
     /// Reads the 8-byte descriptor for `sel`.
     pub(crate) fn read_descriptor(&mut self, io: &mut dyn Platform, sel: u16) -> R<u64> {
         let a = self.descriptor_addr(sel, 8)?;
-        self.read_lin(io, a, 8, false)
+        self.read_sys(io, a, 8)
     }
 
     /// Reads a 16-byte system descriptor (LDT/TSS in long mode) into a segment.
     fn read_system_descriptor(&mut self, io: &mut dyn Platform, sel: u16) -> R<SegmentState> {
         let long = self.efer & crate::cpu::EFER_LMA != 0;
         let a = self.descriptor_addr(sel, if long { 16 } else { 8 })?;
-        let lo = self.read_lin(io, a, 8, false)?;
+        let lo = self.read_sys(io, a, 8)?;
         let mut s = parse_descriptor(sel, lo);
         if long {
-            let hi = self.read_lin(io, a.wrapping_add(8), 8, false)?;
+            let hi = self.read_sys(io, a.wrapping_add(8), 8)?;
             s.base |= (hi & 0xffff_ffff) << 32;
+            // A 64-bit LDT or TSS base must be canonical.
+            if !matches!((s.base as i64) >> 47, 0 | -1) {
+                return Err(gp((sel & 0xfffc) as u32));
+            }
         }
         Ok(s)
     }

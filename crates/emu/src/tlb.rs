@@ -1,8 +1,11 @@
 //! The software TLB: a direct-mapped array of linear-page translations.
 //!
 //! Each entry caches the result of one page walk for one 4 KiB linear page, with the
-//! permissions pre-combined for the current CR0.WP (a CR0 write flushes everything), so an
-//! access is checked with one AND. Entries of MMIO pages have a null host pointer.
+//! permissions pre-combined for the current CR0.WP, CR4.SMEP/SMAP/PKE/PKS and PKRU/PKRS
+//! (changing any of them flushes everything), so an access is checked with one AND.
+//! Supervisor data accesses have two bits each: the plain one (SMAP enforced) and the
+//! `_AC` one for explicit accesses at CPL < 3 with EFLAGS.AC set (SMAP overridden).
+//! Entries of MMIO pages have a null host pointer.
 
 pub const TLB_SIZE: usize = 1024;
 
@@ -12,7 +15,8 @@ pub const P_WRITE_SUP: u8 = 1 << 2;
 pub const P_WRITE_USER: u8 = 1 << 3;
 pub const P_EXEC_SUP: u8 = 1 << 4;
 pub const P_EXEC_USER: u8 = 1 << 5;
-pub const P_GLOBAL: u8 = 1 << 6;
+pub const P_READ_SUP_AC: u8 = 1 << 6;
+pub const P_WRITE_SUP_AC: u8 = 1 << 7;
 
 /// Kind of memory access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +39,17 @@ impl Access {
             (Access::Exec, true) => P_EXEC_USER,
         }
     }
+
+    /// The bit a supervisor access needs when SMAP is overridden (explicit access,
+    /// CPL < 3, EFLAGS.AC = 1).
+    #[inline(always)]
+    pub fn required_ac(self) -> u8 {
+        match self {
+            Access::Read => P_READ_SUP_AC,
+            Access::Write => P_WRITE_SUP_AC,
+            Access::Exec => P_EXEC_SUP,
+        }
+    }
 }
 
 /// 32 bytes, aligned: one probe touches one cache line.
@@ -53,6 +68,8 @@ pub struct TlbEntry {
     /// log2 of the size of the guest page this came from (12, 21, 22 or 30), so INVLPG
     /// of any address in a large page drops all its 4K pieces.
     span_bits: u8,
+    /// From a global page with CR4.PGE set: survives CR3 writes.
+    global: bool,
 }
 
 impl TlbEntry {
@@ -63,10 +80,19 @@ impl TlbEntry {
         vidx: u32::MAX,
         perms: 0,
         span_bits: 12,
+        global: false,
     };
 
     /// An entry for linear page `tag` (from a guest page of 2^`span_bits` bytes).
-    pub fn new(tag: u64, phys: u64, host: *mut u8, vidx: usize, perms: u8, span_bits: u8) -> Self {
+    pub fn new(
+        tag: u64,
+        phys: u64,
+        host: *mut u8,
+        vidx: usize,
+        perms: u8,
+        span_bits: u8,
+        global: bool,
+    ) -> Self {
         TlbEntry {
             tag,
             phys,
@@ -74,6 +100,7 @@ impl TlbEntry {
             vidx: u32::try_from(vidx).unwrap_or(u32::MAX),
             perms,
             span_bits,
+            global,
         }
     }
 
@@ -156,7 +183,7 @@ impl Tlb {
     /// CR3 write: drop all non-global entries.
     pub fn flush_non_global(&mut self) {
         for e in self.entries.iter_mut() {
-            if e.perms & P_GLOBAL == 0 {
+            if !e.global {
                 e.perms = 0;
             }
         }

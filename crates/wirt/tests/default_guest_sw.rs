@@ -262,6 +262,7 @@ const LINUX_DERIVED_FLAGS: &[&str] = &[
     "tsc_known_freq",
     "tsc_reliable",
     "arat",
+    "invpcid_single", // PCID with INVPCID
 ];
 
 #[test]

@@ -75,13 +75,13 @@ impl Cpu {
         if TSS_IOMAP_BASE + 1 > limit {
             return Ok(false);
         }
-        let base = self.read_lin(io, tr.base.wrapping_add(TSS_IOMAP_BASE), 2, false)?;
+        let base = self.read_sys(io, tr.base.wrapping_add(TSS_IOMAP_BASE), 2)?;
         // The bits for ports port..port+size-1 lie in two consecutive bytes at most.
         let byte = base + u64::from(port / 8);
         if byte + 1 > limit {
             return Ok(false);
         }
-        let bits = self.read_lin(io, tr.base.wrapping_add(byte), 2, false)?;
+        let bits = self.read_sys(io, tr.base.wrapping_add(byte), 2)?;
         let want = ((1u64 << size) - 1) << (port & 7);
         Ok(bits & want == 0)
     }

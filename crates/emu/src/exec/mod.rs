@@ -8,6 +8,7 @@ mod control;
 pub(crate) mod fast;
 mod io;
 mod muldiv;
+mod paging;
 pub(crate) mod shift;
 mod stack;
 mod string;

@@ -55,11 +55,7 @@ impl Cpu {
                 self.cr2 = v;
                 Ok(())
             }
-            Register::CR3 => {
-                self.cr3 = v;
-                self.tlb.flush_non_global();
-                Ok(())
-            }
+            Register::CR3 => self.write_cr3(v),
             Register::CR4 => self.write_cr4(v),
             Register::CR8 => {
                 if v > 15 {
@@ -88,6 +84,9 @@ impl Cpu {
             }
             self.efer |= EFER_LMA;
         }
+        if v & CR0_PG == 0 && self.cr4 & crate::protect::CR4_PCIDE != 0 {
+            return Err(gp0());
+        }
         if v & CR0_PG == 0 && self.cr0 & CR0_PG != 0 {
             if self.long64() {
                 return Err(gp0());
@@ -107,19 +106,22 @@ impl Cpu {
     }
 
     pub(crate) fn write_cr4(&mut self, v: u64) -> R<()> {
-        // Supported: VME..PCE, OSFXSR, OSXMMEXCPT (FSGSBASE is not advertised), and
+        // Writable: what CPUID offers (see `protect::Features::cr4_writable`), and
         // OSXSAVE when this vCPU's CPUID offers XSAVE.
-        const SUPPORTED: u64 = 0x7ff;
         let xsave = if self.offers_xsave() { CR4_OSXSAVE } else { 0 };
-        if v & !(SUPPORTED | xsave) != 0 {
+        if v & !(self.feat.cr4_writable() | xsave) != 0 {
             return Err(gp0());
         }
         if self.efer & EFER_LMA != 0 && v & CR4_PAE == 0 {
             return Err(gp0());
         }
+        self.check_cr4_pcide(v)?;
         let changed = self.cr4 ^ v;
         self.cr4 = v;
-        if changed & (CR4_PAE | CR4_PGE | CR4_PSE) != 0 {
+        // Bits that change translations or the permissions cached in TLB entries.
+        use crate::protect::{CR4_PCIDE, CR4_PKE, CR4_PKS, CR4_SMAP, CR4_SMEP};
+        let paging = CR4_PAE | CR4_PGE | CR4_PSE | CR4_PCIDE | CR4_SMEP | CR4_SMAP;
+        if changed & (paging | CR4_PKE | CR4_PKS) != 0 {
             self.tlb.flush_all();
         }
         Ok(())
@@ -136,6 +138,7 @@ impl Cpu {
             }
             M::Cpuid => {
                 let (a, b, c, d) = self.cpuid_dynamic(self.gpr[0] as u32, self.gpr[1] as u32);
+                let c = self.cpuid_ospke(self.gpr[0] as u32, self.gpr[1] as u32, c);
                 self.gpr[0] = a as u64;
                 self.gpr[3] = b as u64;
                 self.gpr[1] = c as u64;
@@ -178,6 +181,9 @@ impl Cpu {
                 {
                     base &= 0xff_ffff;
                 }
+                if self.long64() && !matches!((base as i64) >> 47, 0 | -1) {
+                    return Err(gp0());
+                }
                 let t = crate::state::TableState { base, limit };
                 if m == M::Lgdt {
                     self.gdtr = t;
@@ -187,6 +193,7 @@ impl Cpu {
                 Ok(())
             }
             M::Sgdt | M::Sidt => {
+                self.check_umip()?;
                 let t = if m == M::Sgdt { self.gdtr } else { self.idtr };
                 let lin = self.mem_lin(ins);
                 let user = self.user();
@@ -209,6 +216,7 @@ impl Cpu {
                 }
             }
             M::Sldt | M::Str | M::Smsw => {
+                self.check_umip()?;
                 let v = match m {
                     M::Sldt => self.ldtr.selector as u64,
                     M::Str => self.tr.selector as u64,
@@ -235,6 +243,10 @@ impl Cpu {
                 self.tlb.flush_page(lin);
                 Ok(())
             }
+            M::Invpcid => self.invpcid(io, ins),
+            M::Stac | M::Clac => self.stac_clac(m == M::Stac),
+            M::Rdpkru => self.rdpkru(),
+            M::Wrpkru => self.wrpkru(),
             M::Wbinvd | M::Invd => self.require_cpl0(),
             M::Swapgs => {
                 if !self.long64() {
