@@ -683,53 +683,23 @@ fn shift_lanes(m: M, a: u128, count: u64) -> u128 {
         Psllw | Psrlw | Psraw => from_w(w8(a).map(|x| {
             let c = count.min(16) as u32;
             match m {
-                Psllw => {
-                    if c >= 16 {
-                        0
-                    } else {
-                        x << c
-                    }
-                }
-                Psrlw => {
-                    if c >= 16 {
-                        0
-                    } else {
-                        x >> c
-                    }
-                }
+                Psllw => x.checked_shl(c).unwrap_or(0),
+                Psrlw => x.checked_shr(c).unwrap_or(0),
                 _ => ((x as i16) >> c.min(15)) as u16,
             }
         })),
         Pslld | Psrld | Psrad => from_d(d4(a).map(|x| {
             let c = count.min(32) as u32;
             match m {
-                Pslld => {
-                    if c >= 32 {
-                        0
-                    } else {
-                        x << c
-                    }
-                }
-                Psrld => {
-                    if c >= 32 {
-                        0
-                    } else {
-                        x >> c
-                    }
-                }
+                Pslld => x.checked_shl(c).unwrap_or(0),
+                Psrld => x.checked_shr(c).unwrap_or(0),
                 _ => ((x as i32) >> c.min(31)) as u32,
             }
         })),
         _ => from_q(q2(a).map(|x| {
             let c = count.min(64) as u32;
             match m {
-                Psllq => {
-                    if c >= 64 {
-                        0
-                    } else {
-                        x << c
-                    }
-                }
+                Psllq => x.checked_shl(c).unwrap_or(0),
                 _ => {
                     if c >= 64 {
                         0
