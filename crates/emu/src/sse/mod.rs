@@ -700,13 +700,7 @@ fn shift_lanes(m: M, a: u128, count: u64) -> u128 {
             let c = count.min(64) as u32;
             match m {
                 Psllq => x.checked_shl(c).unwrap_or(0),
-                _ => {
-                    if c >= 64 {
-                        0
-                    } else {
-                        x >> c
-                    }
-                }
+                _ => x.checked_shr(c).unwrap_or(0),
             }
         })),
     }
