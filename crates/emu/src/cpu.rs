@@ -182,7 +182,6 @@ impl Cpu {
     /// Sets the vCPU's APIC ID (only APIC ID 0 is the bootstrap processor); CPUID's view
     /// of it comes with the table from [`Cpu::set_cpuid`].
     pub fn set_apic_id(&mut self, id: u8) {
-        self.msr.apic_id = id as u32;
         if id != 0 {
             // Only the bootstrap processor has the BSP flag in IA32_APIC_BASE.
             self.msr.apic_base &= !(1 << 8);

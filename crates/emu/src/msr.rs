@@ -102,9 +102,6 @@ pub struct Msrs {
     pub mtrr: BTreeMap<u32, u64>,
     /// AMD PERF_CTL0-3 then PERF_CTR0-3.
     pub amd_perf: [u64; 8],
-    /// Initial APIC ID reported by CPUID (not an MSR; configuration). MTRRs default to
-    /// "enabled, write-back" (0x806 in MTRR_DEF_TYPE) as firmware would leave them.
-    pub apic_id: u32,
 }
 
 impl Default for Msrs {
@@ -126,7 +123,6 @@ impl Default for Msrs {
             kernel_gs_base: 0,
             mtrr: BTreeMap::new(),
             amd_perf: [0; 8],
-            apic_id: 0,
         }
     }
 }

@@ -62,20 +62,21 @@ fn to_emu(e: &CpuidEntry) -> emu::CpuidLeaf {
     }
 }
 
-/// The CPUID table of software vCPU `id` of `cpus`.
-pub fn vcpu_cpuid(id: u32, cpus: u32, policy: &CpuidPolicy) -> Vec<emu::CpuidLeaf> {
+/// The platform-policy view of vCPU `id` of `cpus`: the engine's offer through `policy`.
+fn guest_entries(id: u32, cpus: u32, policy: &CpuidPolicy) -> Vec<CpuidEntry> {
     let offer: Vec<CpuidEntry> = emu::cpuid::supported().iter().map(to_arch).collect();
     arch::cpuid::guest_cpuid(&offer, id, cpus, policy)
-        .iter()
-        .map(to_emu)
-        .collect()
+}
+
+/// The CPUID table of software vCPU `id` of `cpus`.
+pub fn vcpu_cpuid(id: u32, cpus: u32, policy: &CpuidPolicy) -> Vec<emu::CpuidLeaf> {
+    guest_entries(id, cpus, policy).iter().map(to_emu).collect()
 }
 
 /// The CPUID table a software vCPU of a 1-vCPU VM gets with `cpu_features`: the CPU
 /// model the software engine presents (documented in `docs/cpuid.md`).
 pub fn cpuid_model(cpu_features: &[FeatureEdit]) -> Vec<CpuidEntry> {
-    let offer: Vec<CpuidEntry> = emu::cpuid::supported().iter().map(to_arch).collect();
-    arch::cpuid::guest_cpuid(&offer, 0, 1, &policy(cpu_features))
+    guest_entries(0, 1, &policy(cpu_features))
 }
 
 impl SwVm {
@@ -89,8 +90,7 @@ impl SwVm {
         let policy = policy(cpu_features);
         let mut unedited = policy.clone();
         unedited.edits.clear();
-        let offer: Vec<CpuidEntry> = emu::cpuid::supported().iter().map(to_arch).collect();
-        let guest = arch::cpuid::guest_cpuid(&offer, 0, u32::from(cpus), &unedited);
+        let guest = guest_entries(0, u32::from(cpus), &unedited);
         arch::cpuid::check_edits(&guest, cpu_features, ENGINE)?;
         // IA32_APIC_BASE accepts what this CPU model offers: x2APIC mode only if CPUID
         // announces it after the user's edits, base bits up to the physical-address width.
